@@ -1,0 +1,320 @@
+"""The `deft` command line: thin commands that parse options, call one library function and map errors.
+
+Heavy modules (torch, transformers) are imported inside commands so `deft --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from deft.errors import DeftError
+
+log = logging.getLogger("deft")
+
+
+class DeftGroup(click.Group):
+    """Turns a DeftError into one `error: ...` line and exit code 1 (full traceback with --debug)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DeftError as exc:
+            if (ctx.obj or {}).get("debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+
+
+def _setup_logging(quiet: bool, debug: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if debug else logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr, force=True)
+
+
+@click.group(cls=DeftGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--quiet", is_flag=True, help="Only warnings and errors; no progress bars.")
+@click.option("--debug", is_flag=True, help="Debug logging and full tracebacks on errors.")
+@click.version_option(package_name="deft")
+@click.pass_context
+def app(ctx: click.Context, quiet: bool, debug: bool) -> None:
+    """DEFT: data-efficient fine-tuning of LLMs.
+
+    Score a pool of fine-tuning samples, select a small coreset (DEALRec and baselines), fine-tune with LoRA
+    and evaluate. Every command writes into a run directory and reuses finished stages.
+
+    \b
+    Examples (one per command):
+      deft data describe ml-100k --stride 10        describe a source and show two rendered samples
+      deft validate configs/demo.yaml               check a config, report every problem at once
+      deft score ml-100k --out runs/s               per-sample influence and effort scores
+      deft prune ml-100k --budget 256 --out runs/p  scores -> coreset.jsonl + report.md
+      deft train --samples runs/p/coreset-256.jsonl --out runs/t
+      deft evaluate ml-100k --adapter runs/t/adapter --out runs/e
+      deft run configs/bench/tiny.yaml --out runs/x arms x budgets x seeds -> results.md
+      deft bench ml100k-cpu                         a named benchmark tier
+    """
+    ctx.ensure_object(dict)
+    ctx.obj.update(quiet=quiet, debug=debug)
+    _setup_logging(quiet, debug)
+
+
+# ----------------------------------------------------------------------------------------------- shared options
+
+
+def _config(config_path: str | None, overrides: dict[str, Any]):
+    """The config file (or defaults) with the command line's options applied on top, validated at once."""
+    from deft.config import from_dict, load_config
+
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if config_path:
+        return load_config(config_path, overrides)
+    nested: dict[str, dict[str, Any]] = {}
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".", 1)
+        nested.setdefault(section, {})[key] = value
+    return from_dict(nested)
+
+
+def _data_options(f):
+    options = [
+        click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file."),
+        click.option("--format", "fmt", type=click.Choice(["auto", "recbole", "movielens", "csv", "parquet", "amazon"]),
+                     help="Source format (default: detect)."),
+        click.option("--items", help="Items/metadata file for csv, parquet and amazon sources."),
+        click.option("--split", type=click.Choice(["leave_one_out", "temporal"]), help="Split strategy."),
+        click.option("--construction", type=click.Choice(["sliding_window", "last_per_user"]),
+                     help="Sample construction."),
+        click.option("--max-history", type=int, help="Most recent items in a sample's history (H)."),
+        click.option("--stride", type=int, help="Keep every stride-th sliding-window sample."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _data_overrides(source: str, fmt, items, split, construction, max_history, stride) -> dict[str, Any]:
+    return {"data.source": source, "data.format": fmt, "data.items": items, "data.split": split,
+            "samples.construction": construction, "samples.max_history": max_history, "samples.stride": stride}
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+@app.group()
+def data() -> None:
+    """Inspect a data source."""
+
+
+@data.command("describe")
+@click.argument("source")
+@_data_options
+def data_describe(source: str, config_path, fmt, items, split, construction, max_history, stride) -> None:
+    """Users, items, density, split sizes, sample count, duplicate titles and two rendered samples.
+
+    \b
+    Example: deft data describe ml-100k --stride 10
+    """
+    from deft.data import build_samples, describe, format_description, load_interactions, split_interactions
+
+    cfg = _config(config_path, _data_overrides(source, fmt, items, split, construction, max_history, stride))
+    inter = load_interactions(cfg.data)
+    parts = split_interactions(inter, cfg.data)
+    samples = build_samples(parts, inter.titles, cfg.samples, cfg.prompt)
+    click.echo(format_description(describe(inter, parts, samples)))
+
+
+# ----------------------------------------------------------------------------------------------- validate
+
+
+@app.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+def validate(config_path: str) -> None:
+    """Check a YAML config without running it; reports every problem at once.
+
+    \b
+    Example: deft validate configs/bench/ml100k-cpu.yaml
+    """
+    from deft.config import load_config
+
+    load_config(config_path)
+    click.echo(f"{config_path}: ok")
+
+
+# ----------------------------------------------------------------------------------------------- prune / score
+
+
+def _prune_options(f):
+    options = [
+        click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory."),
+        click.option("--model", help="Target LLM: smollm2-135m (bundled), tiny-llama, or a local HF directory."),
+        click.option("--device", help="auto, cpu, cuda or cuda:N."),
+        click.option("--overwrite", is_flag=True, help="Replace outputs made with other inputs or settings."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+@app.command()
+@click.argument("source")
+@_data_options
+@_prune_options
+@click.option("--scores", "score_names", default="influence,effort", show_default=True,
+              help="Comma-separated: influence, effort, grand, el2n, loss.")
+@click.pass_context
+def score(ctx, source, config_path, fmt, items, split, construction, max_history, stride, out, model, device,
+          overwrite, score_names) -> None:
+    """Compute per-sample scores into OUT/scores.parquet (reuses a matching surrogate and finished shards).
+
+    \b
+    Example: deft score ml-100k --scores influence,effort --stride 10 --out runs/scores
+    """
+    from deft.pipeline import run_scores
+
+    overrides = _data_overrides(source, fmt, items, split, construction, max_history, stride)
+    overrides.update({"model.name": model, "model.device": device})
+    cfg = _config(config_path, overrides)
+    names = [s.strip() for s in score_names.split(",") if s.strip()]
+    path = run_scores(cfg, out, names, overwrite=overwrite, progress=not ctx.obj["quiet"])
+    click.echo(f"scores: {path}")
+
+
+@app.command()
+@click.argument("source")
+@_data_options
+@_prune_options
+@click.option("--budget", "budgets", multiple=True,
+              help="Coreset size: a count (256) or a share of the pool (2%). Repeat for a sweep.")
+@click.option("--method", type=click.Choice(["dealrec", "random", "greedy", "ccs", "influence_only", "effort_only",
+                                             "kcenter", "grand", "el2n"]), help="Selection strategy.")
+@click.option("--lambda", "lambda_", type=float, help="Weight of effort: minmax(I) + lambda * minmax(effort).")
+@click.option("--strata", type=int, help="Number of equal-width strata K.")
+@click.option("--hard-prune", type=float, help="Share of top-scored samples dropped first (beta).")
+@click.option("--seed", type=int, help="Selection seed.")
+@click.pass_context
+def prune(ctx, source, config_path, fmt, items, split, construction, max_history, stride, out, model, device,
+          overwrite, budgets, method, lambda_, strata, hard_prune, seed) -> None:
+    """Curate a dataset: samples, surrogate, influence, effort, selection -> OUT/coreset*.jsonl + report.md.
+
+    \b
+    Example: deft prune ml-100k --budget 256 --budget 2% --out runs/ml100k
+    """
+    from deft.pipeline import run_prune
+
+    overrides = _data_overrides(source, fmt, items, split, construction, max_history, stride)
+    overrides.update({"model.name": model, "model.device": device, "selection.method": method,
+                      "selection.lambda_": lambda_, "selection.strata": strata, "selection.hard_prune": hard_prune,
+                      "selection.seed": seed,
+                      "selection.budgets": [int(b) if b.strip().isdigit() else b for b in budgets] or None})
+    cfg = _config(config_path, overrides)
+    result = run_prune(cfg, out, overwrite=overwrite, progress=not ctx.obj["quiet"])
+    for budget, path in result.coresets.items():
+        click.echo(f"coreset ({budget} samples): {path}")
+    click.echo(f"report: {result.report}")
+
+
+# ----------------------------------------------------------------------------------------------- train / evaluate
+
+
+@app.command()
+@click.option("--samples", "samples_path", required=True, type=click.Path(dir_okay=False),
+              help="Training samples: JSONL/Parquet with instruction, input, output (e.g. a coreset.jsonl).")
+@click.option("--valid", "valid_path", type=click.Path(dir_okay=False), help="Validation samples (same format).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory for the adapter.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file.")
+@click.option("--model", help="Target LLM (default smollm2-135m).")
+@click.option("--device", help="auto, cpu, cuda or cuda:N.")
+@click.option("--epochs", type=int, help="Maximum epochs (early stopping picks the best).")
+@click.option("--lr", type=float, help="Learning rate.")
+@click.option("--seed", type=int, help="Training seed.")
+@click.option("--overwrite", is_flag=True, help="Replace a finished training made with other settings.")
+@click.pass_context
+def train(ctx, samples_path, valid_path, out, config_path, model, device, epochs, lr, seed, overwrite) -> None:
+    """LoRA fine-tuning of the target LLM on a set of samples (response-only loss, early stopping).
+
+    \b
+    Example: deft train --samples runs/ml100k/coreset-256.jsonl --out runs/ml100k/train-256
+    """
+    from deft.pipeline import run_train
+
+    cfg = _config(config_path, {"model.name": model, "model.device": device, "training.epochs": epochs,
+                                "training.lr": lr, "training.seed": seed})
+    result = run_train(cfg, samples_path, valid_path, out, overwrite=overwrite, progress=not ctx.obj["quiet"])
+    click.echo(f"adapter: {result.adapter_dir} (best validation loss {result.best_valid_loss:.4f})")
+
+
+@app.command()
+@click.argument("source", default="ml-100k")
+@_data_options
+@click.option("--adapter", type=click.Path(file_okay=False), help="LoRA adapter directory (none = the base model).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--model", help="Target LLM (default smollm2-135m).")
+@click.option("--device", help="auto, cpu, cuda or cuda:N.")
+@click.option("--max-users", type=int, help="Evaluate the first N test users only.")
+@click.pass_context
+def evaluate(ctx, source, config_path, fmt, items, split, construction, max_history, stride, adapter, out, model,
+             device, max_users) -> None:
+    """BIGRec grounding evaluation: generate for every test user, ground to items, Recall/NDCG@K.
+
+    \b
+    Example: deft evaluate ml-100k --adapter runs/ml100k/train-256/adapter --out runs/ml100k/eval-256
+    """
+    from deft.pipeline import run_evaluate
+
+    overrides = _data_overrides(source, fmt, items, split, construction, max_history, stride)
+    overrides.update({"model.name": model, "model.device": device, "evaluation.max_users": max_users})
+    cfg = _config(config_path, overrides)
+    result = run_evaluate(cfg, adapter, out, progress=not ctx.obj["quiet"])
+    click.echo("  ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
+
+
+# ----------------------------------------------------------------------------------------------- experiments
+
+
+@app.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Experiment directory.")
+@click.option("--overwrite", is_flag=True, help="Replace cached arms made with other settings.")
+@click.pass_context
+def run(ctx, config_path, out, overwrite) -> None:
+    """An experiment of arms x budgets x seeds: results.json, results.md and plots; resumes from cached arms.
+
+    \b
+    Example: deft run configs/bench/ml100k-cpu.yaml --out runs/bench-cpu
+    """
+    from deft.experiment import run_experiment
+
+    from deft.config import load_config
+
+    cfg = load_config(config_path)
+    result = run_experiment(cfg, out, overwrite=overwrite, progress=not ctx.obj["quiet"],
+                            command=" ".join(["deft", *sys.argv[1:]]))
+    click.echo(f"results: {result.markdown}")
+
+
+@app.command()
+@click.argument("name", type=click.Choice(["ml100k-cpu", "ml100k-full", "tiny"]))
+@click.option("--out", type=click.Path(file_okay=False), help="Experiment directory (default runs/bench-NAME).")
+@click.option("--overwrite", is_flag=True, help="Replace cached arms made with other settings.")
+@click.pass_context
+def bench(ctx, name, out, overwrite) -> None:
+    """Run a named benchmark tier from configs/bench/ (shortcut for `deft run`).
+
+    \b
+    Example: deft bench ml100k-cpu
+    """
+    config_path = Path(__file__).resolve().parent.parent / "configs" / "bench" / f"{name}.yaml"
+    ctx.invoke(run, config_path=str(config_path), out=out or f"runs/bench-{name}", overwrite=overwrite)
+
+
+def main() -> None:
+    app(prog_name="deft")
+
+
+if __name__ == "__main__":
+    main()

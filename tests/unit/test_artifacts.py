@@ -1,0 +1,73 @@
+"""Run directory: atomic writes, stage caching by fingerprint, refusal to mix runs, safe formats only."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from deft.artifacts import (
+    RunDir,
+    atomic_path,
+    fingerprint,
+    frame_fingerprint,
+    read_json,
+    read_npy,
+    write_json,
+    write_npy,
+    write_parquet,
+)
+from deft.errors import ArtifactMismatchError, OutputExistsError
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+    target = tmp_path / "x.json"
+    write_json(target, {"a": 1})
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash mid-write")
+    assert read_json(target) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_fingerprints_are_stable_and_sensitive():
+    assert fingerprint({"b": 1, "a": [1, 2]}) == fingerprint({"a": [1, 2], "b": 1})
+    assert fingerprint({"a": 1}) != fingerprint({"a": 2})
+    f = pd.DataFrame({"x": [1, 2], "y": ["a", "b"]})
+    assert frame_fingerprint(f) == frame_fingerprint(f.copy())
+    assert frame_fingerprint(f) != frame_fingerprint(f.iloc[::-1].reset_index(drop=True))
+
+
+def test_stage_is_cached_and_mismatch_is_refused(tmp_path):
+    run = RunDir(tmp_path)
+    assert not run.is_done("scores", "fp1")
+    with run.stage("scores", "fp1") as cost:
+        write_parquet(run.path("scores.parquet"), pd.DataFrame({"sample_id": ["a"], "s": [1.0]}))
+    assert cost.wall_s >= 0 and cost.peak_mb > 0
+    assert run.is_done("scores", "fp1")
+    with pytest.raises(ArtifactMismatchError) as info:
+        run.is_done("scores", "fp2")
+    assert "fp1" in str(info.value) and "fp2" in str(info.value) and "--overwrite" in str(info.value)
+    assert not RunDir(tmp_path, overwrite=True).is_done("scores", "fp2")
+
+
+def test_failed_stage_is_not_marked_done(tmp_path):
+    run = RunDir(tmp_path)
+    with pytest.raises(ValueError), run.stage("effort", "fp"):
+        raise ValueError("interrupted")
+    assert not run.is_done("effort", "fp")
+
+
+def test_guard_output_and_manifest(tmp_path):
+    run = RunDir(tmp_path)
+    (tmp_path / "coreset.jsonl").write_text("{}\n")
+    with pytest.raises(OutputExistsError):
+        run.guard_output(tmp_path / "coreset.jsonl")
+    manifest = run.write_manifest(counts={"pool": 3})
+    assert manifest["counts"] == {"pool": 3} and "machine" in manifest and "packages" in manifest
+
+
+def test_npy_round_trip_without_pickle(tmp_path):
+    write_npy(tmp_path / "a.npy", np.arange(5.0))
+    assert read_npy(tmp_path / "a.npy").tolist() == [0, 1, 2, 3, 4]
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError):
+        read_npy(tmp_path / "obj.npy")

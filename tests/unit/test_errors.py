@@ -1,0 +1,14 @@
+from deft.errors import ConfigError, DataFormatError
+
+
+def test_error_names_file_line_and_field():
+    err = DataFormatError("column 'timestamp' is not a number: 'abc'", file="ml-100k.inter", line=17,
+                          field="timestamp")
+    assert str(err) == "ml-100k.inter line 17: column 'timestamp' is not a number: 'abc'"
+    err = DataFormatError("not a number: 'abc'", file="x.csv", line=3, field="rating")
+    assert str(err) == "x.csv line 3: field 'rating': not a number: 'abc'"
+
+
+def test_config_error_lists_all_problems():
+    err = ConfigError(["a is wrong", "b is wrong"])
+    assert str(err) == "2 problems: a is wrong; b is wrong" and err.problems == ["a is wrong", "b is wrong"]
