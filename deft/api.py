@@ -1,0 +1,117 @@
+"""The Python API: DEFT as a preprocessing step inside a data pipeline.
+
+>>> import deft
+>>> out = deft.prune(dataset, budget=256, out="runs/curated")   # a datasets.Dataset or a pandas DataFrame
+>>> out.coreset      # same type as the input, the chosen rows with their fields unchanged (+ stratum)
+>>> out.scores       # pandas DataFrame: sample_id + one column per score
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from deft.config import DeftConfig, from_dict, load_config, to_dict
+from deft.errors import DeftError
+
+
+@dataclass
+class PruneOutput:
+    """What :func:`prune` returns: the coreset (input type), all scores, and the selection per budget."""
+
+    coreset: Any
+    coresets: dict[int, Any]
+    scores: pd.DataFrame
+    selections: dict[int, Any]
+    out: Path
+
+
+def prune(
+    data: Any,
+    budget: int | str | list[int | str],
+    *,
+    method: str = "dealrec",
+    out: str | Path | None = None,
+    config: str | Path | DeftConfig | None = None,
+    model: str | None = None,
+    seed: int | None = None,
+    lambda_: float | None = None,
+    strata: int | None = None,
+    hard_prune: float | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> PruneOutput:
+    """Select a coreset of ``budget`` samples (or several budgets) from ``data``.
+
+    ``data`` is a Hugging Face ``datasets.Dataset`` or a pandas DataFrame of samples with columns
+    ``instruction``, ``input``, ``output`` (and ``sample_id``, ``user``, ``history``, ``target_item`` for the
+    surrogate-based scores), or a source name/path such as ``"ml-100k"``. The coreset comes back in the same
+    type as ``data`` (a DataFrame for a source name). ``out`` is the run directory (a temporary one if None);
+    finished stages in it are reused.
+    """
+    cfg = _resolve_config(config, method=method, model=model, seed=seed, lambda_=lambda_, strata=strata,
+                          hard_prune=hard_prune, budget=budget, source=data if isinstance(data, str) else None)
+    out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="deft-prune-"))
+    from deft.pipeline import run_prune
+
+    samples, to_input_type = _as_frame(data)
+    result = run_prune(cfg, out, overwrite=overwrite, progress=progress, samples=samples)
+    pool = result.pool.samples
+    coresets = {}
+    for b, selection in result.selections.items():
+        chosen = pool.iloc[selection.indices].reset_index(drop=True).assign(stratum=selection.strata)
+        coresets[b] = to_input_type(chosen)
+    first = next(iter(coresets.values()))
+    return PruneOutput(first, coresets, result.scores, result.selections, out)
+
+
+def _resolve_config(config, *, method, model, seed, lambda_, strata, hard_prune, budget, source) -> DeftConfig:
+    if isinstance(config, DeftConfig):
+        raw = to_dict(config)
+    elif config is not None:
+        raw = to_dict(load_config(config))
+    else:
+        raw = {}
+    budgets = budget if isinstance(budget, list) else [budget]
+    overrides = {"selection.method": method, "selection.budgets": budgets, "selection.seed": seed,
+                 "selection.lambda_": lambda_, "selection.strata": strata, "selection.hard_prune": hard_prune,
+                 "model.name": model, "data.source": source}
+    for dotted, value in overrides.items():
+        if value is not None:
+            section, key = dotted.split(".", 1)
+            raw.setdefault(section, {})[key] = value
+    return from_dict(raw)
+
+
+def _as_frame(data: Any):
+    """The samples as a DataFrame (None for a source name) and a function back to the input's type."""
+    if isinstance(data, str):
+        return None, lambda frame: frame
+    if isinstance(data, pd.DataFrame):
+        frame = data.reset_index(drop=True)
+        return _with_ids(frame), lambda chosen: chosen
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        datasets = None
+    if datasets is not None and isinstance(data, datasets.Dataset):
+        features = data.features
+        frame = data.to_pandas()
+
+        def back(chosen: pd.DataFrame):
+            keep = [c for c in chosen.columns if c in features or c == "stratum"]
+            return datasets.Dataset.from_pandas(chosen[keep], preserve_index=False)
+
+        return _with_ids(frame), back
+    raise DeftError(f"prune() takes a datasets.Dataset, a pandas DataFrame or a source name, got {type(data).__name__}")
+
+
+def _with_ids(frame: pd.DataFrame) -> pd.DataFrame:
+    if "sample_id" not in frame.columns:
+        frame = frame.assign(sample_id=[str(i) for i in range(len(frame))])
+    frame["sample_id"] = frame["sample_id"].astype(str)
+    return frame

@@ -1,0 +1,218 @@
+"""Arms x budgets x seeds: select, fine-tune, evaluate, and compare quality and cost (benchmark.md).
+
+The pool, the surrogate and every score are computed once in the experiment directory and shared by all
+arms. Each finished arm-budget-seed writes ``arms/<key>/record.json``; a re-run reads those records and
+computes only what is missing, so an interrupted experiment resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from deft.artifacts import fingerprint, measure, read_json, read_parquet, write_json
+from deft.config import DeftConfig, resolve_budget, to_dict
+from deft.pipeline import METHOD_SCORES, SCORE_STAGE, Pipeline, Pool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ArmRun:
+    """One arm at one budget and seed."""
+
+    arm: str
+    budget: int | None  # None for the full pool
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.arm}-{'all' if self.budget is None else self.budget}-s{self.seed}"
+
+
+@dataclass
+class ExperimentResult:
+    json: Path
+    markdown: Path
+    records: list[dict[str, Any]]
+
+
+def plan_runs(cfg: DeftConfig, pool_size: int) -> list[ArmRun]:
+    e = cfg.experiment
+    runs = []
+    for arm in e.arms:
+        if arm == "full":
+            runs.extend(ArmRun("full", None, s) for s in e.full_seeds)
+            continue
+        for budget in e.budgets:
+            runs.extend(ArmRun(arm, resolve_budget(budget, pool_size), s) for s in e.seeds)
+    return runs
+
+
+def run_experiment(cfg: DeftConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True,
+                   command: str = "") -> ExperimentResult:
+    pipe = Pipeline(cfg, out, overwrite=overwrite, progress=progress)
+    pool = pipe.pool_from_source()
+    names = sorted({n for arm in cfg.experiment.arms for n in METHOD_SCORES.get(arm, ())})
+    runs = plan_runs(cfg, len(pool.samples))
+    pipe.check_plan(pool, names, "random", [])
+    scores = pipe.score(pool, names)
+    valid, users = _valid_and_test(pipe, pool)
+    records = []
+    for i, run in enumerate(runs, 1):
+        log.info("arm %d/%d: %s", i, len(runs), run.key)
+        records.append(_run_arm(pipe, pool, scores, valid, users, run))
+    references = _references(pipe, pool)
+    from deft.report import write_experiment_report
+
+    stage_costs = pipe.run.stage_costs()
+    summary = summarise(records, cfg, stage_costs, names)
+    comparisons = compare(pipe.run.root, records, cfg)
+    payload = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M"), "config": to_dict(cfg),
+               "pool_size": len(pool.samples), "test_users": len(users), "runs": records, "summary": summary, "comparisons": comparisons,
+               "references": references, "shared_stages": stage_costs}
+    pipe.run.write_manifest(config=to_dict(cfg), data_fingerprint=pool.data_fingerprint,
+                            counts={"pool": len(pool.samples), "runs": len(records), "test_users": len(users)})
+    json_path, md_path = write_experiment_report(pipe.run.root, payload)
+    return ExperimentResult(json_path, md_path, records)
+
+
+def _valid_and_test(pipe: Pipeline, pool: Pool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Validation samples (one per user, for early stopping) and the test users' inference prompts."""
+    from deft.data import build_eval_users, valid_samples
+
+    c = pipe.cfg
+    tokenizer = pipe.llm().tokenizer if c.prompt.max_tokens is not None else None
+    valid = valid_samples(pool.split, pool.titles, c.samples, c.prompt, tokenizer=tokenizer)
+    if len(valid) > c.training.valid_samples:
+        valid = valid.sample(n=c.training.valid_samples, random_state=0).reset_index(drop=True)
+    users = build_eval_users(pool.split, pool.titles, c.prompt, c.samples, which="test", tokenizer=tokenizer)
+    return valid, users
+
+
+def _run_arm(pipe: Pipeline, pool: Pool, scores: pd.DataFrame, valid: pd.DataFrame, users: pd.DataFrame,
+             run: ArmRun) -> dict[str, Any]:
+    from deft.evaluation import evaluate
+    from deft.training import train_lora
+
+    cfg = pipe.cfg
+    arm_dir = pipe.run.path("arms", run.key)
+    fp = _arm_fingerprint(pipe, pool, run)
+    record_path = arm_dir / "record.json"
+    if record_path.is_file():
+        record = read_json(record_path)
+        if record.get("fingerprint") == fp:
+            return record
+        pipe.run.check_compatible(f"arm-{run.key}", fp)
+    with measure() as select_cost:
+        if run.arm == "full":
+            indices = np.arange(len(pool.samples))
+        else:
+            indices = pipe.select(pool, scores, run.arm, [run.budget], seed=run.seed)[run.budget].indices
+    train_samples = pool.samples.iloc[indices].reset_index(drop=True)
+    train_cfg = replace(cfg.training, seed=run.seed)
+    trained = train_lora(pipe.llm(), train_samples, valid, cfg.lora, train_cfg, arm_dir / "train",
+                         progress=pipe.progress, overwrite=pipe.run.overwrite)
+    evaluated = evaluate(pipe.llm(), trained.adapter_dir, users, pool.titles, cfg.evaluation, arm_dir / "eval",
+                         progress=pipe.progress)
+    record = {"key": run.key, "arm": run.arm, "budget": run.budget, "seed": run.seed, "fingerprint": fp,
+              "samples": int(len(indices)), "metrics": evaluated.metrics,
+              "train": {"wall_s": trained.wall_s, "epochs": trained.epochs_run, "steps": trained.steps,
+                        "best_valid_loss": trained.best_valid_loss, "samples_per_s": trained.samples_per_s},
+              "selection": {"wall_s": select_cost.wall_s, "peak_mb": select_cost.peak_mb},
+              "eval": {"wall_s": evaluated.wall_s, "s_per_user": evaluated.s_per_user},
+              "per_user": str((arm_dir / "eval" / "per_user.parquet").relative_to(pipe.run.root))}
+    write_json(record_path, record)
+    return record
+
+
+def _arm_fingerprint(pipe: Pipeline, pool: Pool, run: ArmRun) -> str:
+    c = pipe.cfg
+    stages = sorted({SCORE_STAGE[n] for n in METHOD_SCORES.get(run.arm, ())})
+    return fingerprint({"pool": pool.fingerprint, "scores": {s: pipe.stage_fp(s, pool) for s in stages},
+                        "run": [run.arm, run.budget, run.seed], "selection": to_dict(c.selection),
+                        "training": to_dict(c.training), "lora": to_dict(c.lora), "model": pipe.llm().fingerprint,
+                        "evaluation": to_dict(c.evaluation)})
+
+
+def _references(pipe: Pipeline, pool: Pool) -> dict[str, Any]:
+    """The non-LLM reference lines: the SASRec surrogate itself and a most-popular ranking."""
+    out: dict[str, Any] = {}
+    refs = pipe.cfg.experiment.references
+    if not refs:
+        return out
+    _, _, report = pipe.surrogate(pool)
+    report = dataclasses.asdict(report) if dataclasses.is_dataclass(report) else dict(report)
+    if "sasrec" in refs:
+        out["sasrec"] = report.get("test", report)
+    if "popularity" in refs:
+        out["popularity"] = report.get("popularity", {})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- summary
+
+
+def per_user_ndcg(root: Path, record: dict[str, Any], k: int = 10) -> pd.Series:
+    frame = read_parquet(root / record["per_user"])
+    return frame.set_index("user")[f"ndcg@{k}"]
+
+
+def summarise(records: list[dict[str, Any]], cfg: DeftConfig, stage_costs: dict[str, Any],
+              score_names: list[str]) -> list[dict[str, Any]]:
+    """Mean +- std over seeds per (arm, budget), with the cost of pruning + training vs the full arm."""
+    frame = pd.DataFrame([{"arm": r["arm"], "budget": r["budget"], "seed": r["seed"], **r["metrics"],
+                           "train_s": r["train"]["wall_s"], "select_s": r["selection"]["wall_s"],
+                           "eval_s": r["eval"]["wall_s"], "epochs": r["train"]["epochs"]} for r in records])
+    full_train = frame.loc[frame["arm"] == "full", "train_s"].mean() if (frame["arm"] == "full").any() else None
+    rows = []
+    for (arm, budget), group in frame.groupby(["arm", "budget"], dropna=False, sort=False):
+        scoring = sum(stage_costs.get(s, {}).get("wall_s", 0.0)
+                      for s in _scoring_stages(arm)) if arm != "full" else 0.0
+        pipeline_s = scoring + group["select_s"].mean() + group["train_s"].mean()
+        row = {"arm": arm, "budget": None if pd.isna(budget) else int(budget), "seeds": int(len(group)),
+               "epochs": group["epochs"].tolist(), "scoring_s": round(scoring, 1),
+               "train_s": round(float(group["train_s"].mean()), 1), "pipeline_s": round(float(pipeline_s), 1),
+               "fraction_of_full": None if not full_train else round(float(pipeline_s / full_train), 4)}
+        for metric in [c for c in frame.columns if "@" in c]:
+            row[metric] = float(group[metric].mean())
+            row[f"{metric}_std"] = float(group[metric].std(ddof=0)) if len(group) > 1 else 0.0
+        rows.append(row)
+    return rows
+
+
+def _scoring_stages(arm: str) -> list[str]:
+    stages = {SCORE_STAGE[n] for n in METHOD_SCORES.get(arm, ())}
+    if stages & {"influence", "loss"} or arm == "kcenter":
+        stages.add("surrogate")
+    return sorted(stages)
+
+
+def compare(root: Path, records: list[dict[str, Any]], cfg: DeftConfig, k: int = 10) -> list[dict[str, Any]]:
+    """Paired bootstrap of per-user NDCG@k (mean over seeds) of each arm against `random` and `full`."""
+    from deft.evaluation import paired_bootstrap
+
+    by_arm: dict[tuple[str, Any], pd.Series] = {}
+    for (arm, budget), group in pd.DataFrame(records).groupby(["arm", "budget"], dropna=False, sort=False):
+        per_seed = [per_user_ndcg(root, r, k) for r in group.to_dict(orient="records")]
+        by_arm[(arm, None if pd.isna(budget) else int(budget))] = pd.concat(per_seed, axis=1).mean(axis=1)
+    full = next((v for (a, _), v in by_arm.items() if a == "full"), None)
+    out = []
+    for (arm, budget), ndcg in by_arm.items():
+        baselines = {"random": by_arm.get(("random", budget)), "full": full}
+        for name, other in baselines.items():
+            if other is None or arm == name:
+                continue
+            a, b = ndcg.align(other, join="inner")
+            ci = paired_bootstrap(a.to_numpy(), b.to_numpy(), n=cfg.evaluation.bootstrap_samples,
+                                  seed=cfg.evaluation.seed)
+            out.append({"arm": arm, "budget": budget, "against": name, "metric": f"ndcg@{k}",
+                        **{key: float(v) for key, v in ci.items()}})
+    return out

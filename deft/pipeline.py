@@ -1,0 +1,449 @@
+"""The curation run as cached stages: samples -> surrogate -> scores -> selection -> coreset + report.
+
+Every stage's fingerprint is derived from the fingerprints of its inputs and its own config section, so the
+whole plan is known before any work starts: a run directory made with other settings is refused up front
+(nothing in it is touched) unless ``overwrite``; a run with the same settings reuses every finished stage.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from deft import selection as sel
+from deft.artifacts import (
+    RunDir,
+    fingerprint,
+    frame_fingerprint,
+    read_json,
+    read_parquet,
+    write_json,
+    write_jsonl,
+    write_parquet,
+)
+from deft.config import DeftConfig, resolve_budget, to_dict
+from deft.data.types import Split
+from deft.errors import DeftError
+
+log = logging.getLogger(__name__)
+
+SURROGATE_SCORES = ("influence", "grand", "el2n", "loss")
+# which score columns each selection method reads
+METHOD_SCORES: dict[str, tuple[str, ...]] = {
+    "dealrec": ("influence", "effort"), "greedy": ("influence", "effort"), "influence_only": ("influence",),
+    "effort_only": ("effort",), "ccs": ("el2n",), "grand": ("grand",), "el2n": ("el2n",), "random": (),
+    "kcenter": (),
+}
+# each score's column(s) in scores.parquet and the stage that makes it
+SCORE_STAGE = {"influence": "influence", "effort": "effort", "grand": "baselines", "el2n": "baselines",
+               "loss": "loss"}
+
+
+@dataclass
+class Pool:
+    """The candidate samples and what the surrogate needs to learn from (a split of user sequences)."""
+
+    samples: pd.DataFrame
+    split: Split
+    fingerprint: str
+    data_fingerprint: str
+    titles: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class PruneResult:
+    coresets: dict[int, Path]
+    report: Path
+    selections: dict[int, Any]
+    scores: pd.DataFrame
+    pool: Pool
+
+
+class Pipeline:
+    """One run directory and the stages that fill it; the LLM and the surrogate load lazily, once."""
+
+    def __init__(self, cfg: DeftConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True):
+        self.cfg = cfg
+        self.run = RunDir(out, overwrite=overwrite)
+        self.progress = progress
+        self._llm = None
+        self._surrogate = None
+
+    # ------------------------------------------------------------------------------------------- models
+
+    def llm(self):
+        if self._llm is None:
+            from deft.models import load_target_llm
+
+            self._llm = load_target_llm(self.cfg.model)
+        return self._llm
+
+    def _needs_tokenizer(self) -> bool:
+        return self.cfg.prompt.max_tokens is not None
+
+    # ------------------------------------------------------------------------------------------- fingerprints
+
+    def samples_fp(self, data_fp: str) -> str:
+        model = self.llm().fingerprint if self._needs_tokenizer() else None
+        return fingerprint({"data": data_fp, "data_cfg": to_dict(self.cfg.data), "samples": to_dict(self.cfg.samples),
+                            "prompt": to_dict(self.cfg.prompt), "tokenizer": model})
+
+    def stage_fp(self, stage: str, pool: Pool) -> str:
+        c = self.cfg
+        surrogate = fingerprint({"pool": pool.fingerprint, "surrogate": to_dict(c.surrogate)})
+        parts: dict[str, Any] = {
+            "surrogate": {"surrogate": surrogate},
+            "influence": {"surrogate": surrogate, "influence": to_dict(c.influence)},
+            "loss": {"surrogate": surrogate},
+            "baselines": {"pool": pool.fingerprint, "surrogate": to_dict(c.surrogate),
+                          "baselines": to_dict(c.baselines)},
+            "effort": {"pool": pool.fingerprint, "model": self.llm().fingerprint if stage == "effort" else None,
+                       "lora": to_dict(c.lora), "effort": to_dict(c.effort)},
+        }
+        return fingerprint(parts[stage])
+
+    def selection_fp(self, pool: Pool, names: list[str], method: str, budget: int) -> str:
+        stages = sorted({SCORE_STAGE[n] for n in names})
+        return fingerprint({"scores": {s: self.stage_fp(s, pool) for s in stages}, "method": method,
+                            "selection": to_dict(self.cfg.selection), "budget": budget})
+
+    def check_plan(self, pool: Pool, names: list[str], method: str, budgets: list[int]) -> None:
+        """Refuse, before any work, a run directory whose finished stages were made with other settings."""
+        stages = {SCORE_STAGE[n] for n in names}
+        if stages & set(SURROGATE_SCORES) or method == "kcenter":
+            self.run.check_compatible("surrogate", self.stage_fp("surrogate", pool))
+        for stage in sorted(stages):
+            self.run.check_compatible(stage, self.stage_fp(stage, pool))
+        for budget in budgets:
+            self.run.check_compatible(f"selection-{budget}", self.selection_fp(pool, names, method, budget))
+
+    # ------------------------------------------------------------------------------------------- stages
+
+    def pool_from_source(self) -> Pool:
+        from deft.data import build_samples, load_interactions, split_interactions
+
+        inter = load_interactions(self.cfg.data)
+        split = split_interactions(inter, self.cfg.data)
+        fp = self.samples_fp(inter.fingerprint)
+        path = self.run.path("samples.parquet")
+        if self.run.is_done("samples", fp):
+            samples = read_parquet(path)
+        else:
+            with self.run.stage("samples", fp, count=None):
+                tokenizer = self.llm().tokenizer if self._needs_tokenizer() else None
+                samples = build_samples(split, inter.titles, self.cfg.samples, self.cfg.prompt, tokenizer=tokenizer)
+                write_parquet(path, samples)
+        return Pool(samples, split, fp, inter.fingerprint, inter.titles)
+
+    def pool_from_frame(self, samples: pd.DataFrame) -> Pool:
+        """A pool given as a table of samples; user sequences for the surrogate are rebuilt from the windows."""
+        _check_sample_columns(samples)
+        fp = fingerprint({"samples": frame_fingerprint(samples), "prompt": to_dict(self.cfg.prompt)})
+        if not self.run.is_done("samples", fp):
+            with self.run.stage("samples", fp):
+                write_parquet(self.run.path("samples.parquet"), samples)
+        return Pool(samples, split_from_samples(samples), fp, fp)
+
+    def surrogate(self, pool: Pool):
+        """Train (or reload) the SASRec surrogate: returns (model, item_index, report)."""
+        if self._surrogate is None:
+            from deft.surrogate import load_surrogate, train_surrogate
+
+            fp = self.stage_fp("surrogate", pool)
+            directory = self.run.path("surrogate")
+            if self.run.is_done("surrogate", fp):
+                self._surrogate = load_surrogate(directory)
+            else:
+                with self.run.stage("surrogate", fp):
+                    self._surrogate = train_surrogate(pool.split, self.cfg.surrogate, out_dir=directory,
+                                                      progress=self.progress)
+        return self._surrogate
+
+    def score(self, pool: Pool, names: list[str]) -> pd.DataFrame:
+        """Compute (or reuse) each named score; returns sample_id + one column per score, in pool order."""
+        unknown = sorted(set(names) - set(SCORE_STAGE))
+        if unknown:
+            raise DeftError(f"unknown score {unknown}; known: {sorted(SCORE_STAGE)}")
+        frames = [pool.samples[["sample_id"]].reset_index(drop=True)]
+        for stage in dict.fromkeys(SCORE_STAGE[n] for n in names):
+            frames.append(self._score_stage(stage, pool).drop(columns="sample_id"))
+        scores = pd.concat(frames, axis=1)
+        merged = _merge_scores(self.run.path("scores.parquet"), scores)
+        if merged is not None:
+            write_parquet(self.run.path("scores.parquet"), merged)
+        return scores
+
+    def _score_stage(self, stage: str, pool: Pool) -> pd.DataFrame:
+        fp = self.stage_fp(stage, pool)
+        path = self.run.path("scores", f"{stage}.parquet")
+        if self.run.is_done(stage, fp):
+            return read_parquet(path)
+        with self.run.stage(stage, fp) as cost:
+            frame, info = self._compute(stage, pool)
+            cost.extra.update(info)
+            if list(frame["sample_id"]) != list(pool.samples["sample_id"]):
+                raise DeftError(f"stage '{stage}' returned scores out of pool order (internal error)")
+            write_parquet(path, frame)
+        return frame
+
+    def _compute(self, stage: str, pool: Pool) -> tuple[pd.DataFrame, dict[str, Any]]:
+        ids = pool.samples["sample_id"].to_numpy()
+        if stage == "influence":
+            from deft.scores.influence import score_pool
+
+            model, index, _ = self.surrogate(pool)
+            valid = _valid_pairs(pool.split) if self.cfg.influence.target == "valid" else None
+            result = score_pool(model, index, pool.samples, self.cfg.influence, valid=valid, progress=self.progress)
+            return pd.DataFrame({"sample_id": ids, "influence": result.scores}), _jsonable(result.info)
+        if stage == "loss":
+            from deft.scores.influence import pool_losses
+
+            model, index, _ = self.surrogate(pool)
+            return pd.DataFrame({"sample_id": ids, "loss": pool_losses(model, index, pool.samples)}), {}
+        if stage == "baselines":
+            from deft.scores.baselines import baseline_scores
+
+            frame = baseline_scores(pool.split, pool.samples, self.cfg.surrogate, self.cfg.baselines,
+                                    which=("grand", "el2n"), progress=self.progress)
+            return frame, {}
+        if stage == "effort":
+            from deft.scores.effort import compute_effort
+
+            frame = compute_effort(self.llm(), pool.samples, self.cfg.lora, self.cfg.effort,
+                                   out_dir=self.run.path("effort"), seed=self.cfg.selection.seed,
+                                   progress=self.progress)
+            return frame, {}
+        raise DeftError(f"unknown score stage {stage!r}")
+
+    # ------------------------------------------------------------------------------------------- selection
+
+    def select(self, pool: Pool, scores: pd.DataFrame, method: str | None = None,
+               budgets: list[int | str] | None = None, seed: int | None = None) -> dict[int, Any]:
+        c = self.cfg.selection
+        method = method or c.method
+        n = len(pool.samples)
+        resolved = [resolve_budget(b, n) for b in (budgets or c.budgets)]
+        columns = {k: scores[k].to_numpy(np.float64) for k in scores.columns if k != "sample_id"}
+        embeddings = self.sample_embeddings(pool) if method == "kcenter" else None
+        return {b: sel.select(method, columns, b, strata=c.strata, hard_prune=c.hard_prune, lambda_=c.lambda_,
+                              normalization=c.normalization, seed=c.seed if seed is None else seed,
+                              embeddings=embeddings)
+                for b in resolved}
+
+    def sample_embeddings(self, pool: Pool) -> np.ndarray:
+        """The surrogate's representation of each sample's history (for k-center coverage)."""
+        from deft.surrogate import encode_histories
+
+        model, index, _ = self.surrogate(pool)
+        return encode_histories(model, index, pool.samples["history"].tolist())
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def _check_sample_columns(samples: pd.DataFrame) -> None:
+    needed = ("sample_id", "instruction", "input", "output")
+    missing = [c for c in needed if c not in samples.columns]
+    if missing:
+        raise DeftError(f"samples lack column(s) {missing}; found {list(samples.columns)}", field=missing[0])
+    dup = samples["sample_id"].duplicated()
+    if dup.any():
+        first = int(np.flatnonzero(dup.to_numpy())[0])
+        raise DeftError(f"sample_id {samples['sample_id'].iloc[first]!r} is repeated (row {first})", line=first,
+                        field="sample_id")
+
+
+def split_from_samples(samples: pd.DataFrame) -> Split:
+    """Rebuild each user's sequence from overlapping (history, target) windows; the last item validates.
+
+    Windows of one user are merged in table order by their longest overlap with the sequence built so far,
+    so sliding windows with any stride or a single last-per-user sample all give the user's full sequence.
+    """
+    if not {"user", "history", "target_item"} <= set(samples.columns):
+        return Split({}, {}, {}, kind="none")
+    train: dict[str, list[str]] = {}
+    valid: dict[str, list[str]] = {}
+    for user, group in samples.groupby("user", sort=False):
+        seq: list[str] = []
+        for history, target in zip(group["history"], group["target_item"], strict=True):
+            window = [str(x) for x in list(history)] + [str(target)]
+            seq.extend(window[_overlap(seq, window):])
+        train[str(user)], valid[str(user)] = seq[:-1], seq[-1:]
+    return Split(train, valid, {u: [] for u in train}, kind="from_samples")
+
+
+def _overlap(seq: list[str], window: list[str]) -> int:
+    for k in range(min(len(seq), len(window)), 0, -1):
+        if seq[-k:] == window[:k]:
+            return k
+    return 0
+
+
+def _valid_pairs(split: Split) -> tuple[list[list[str]], list[str]]:
+    users = [u for u, v in split.valid.items() if v and split.train.get(u)]
+    return [split.train[u] for u in users], [split.valid[u][0] for u in users]
+
+
+def _merge_scores(path: Path, new: pd.DataFrame) -> pd.DataFrame | None:
+    """scores.parquet keeps every score computed in this run directory; None when nothing changed."""
+    if not path.is_file():
+        return new
+    old = read_parquet(path)
+    if list(old["sample_id"]) != list(new["sample_id"]):
+        return new
+    keep = [c for c in old.columns if c not in new.columns]
+    merged = pd.concat([new, old[keep]], axis=1)
+    same = set(merged.columns) == set(old.columns) and merged[old.columns].equals(old)
+    return None if same else merged
+
+
+def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in info.items():
+        if isinstance(v, (int, float, str, bool)) or v is None:
+            out[k] = v
+        elif isinstance(v, np.generic):
+            out[k] = v.item()
+    return out
+
+
+def coreset_records(samples: pd.DataFrame, selection: Any) -> list[dict[str, Any]]:
+    """The chosen rows with every field unchanged, plus their stratum."""
+    chosen = samples.iloc[selection.indices]
+    records = []
+    for row, stratum in zip(chosen.to_dict(orient="records"), selection.strata, strict=True):
+        row = {k: (list(v) if isinstance(v, np.ndarray) else v) for k, v in row.items()}
+        row["stratum"] = int(stratum)
+        records.append(row)
+    return records
+
+
+def coreset_path(run: RunDir, budget: int, n_budgets: int) -> Path:
+    return run.path("coreset.jsonl" if n_budgets == 1 else f"coreset-{budget}.jsonl")
+
+
+def load_samples_file(path: str | Path) -> pd.DataFrame:
+    """Samples from JSONL or Parquet (a coreset file, a samples.parquet, any instruction dataset)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DeftError(f"samples file not found: {path}", file=path)
+    if path.suffix == ".parquet":
+        frame = read_parquet(path)
+    else:
+        import json
+
+        rows = []
+        with open(path, encoding="utf-8") as fh:
+            for line_no, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise DeftError(f"not valid JSON: {exc.msg}", file=path, line=line_no) from exc
+        frame = pd.DataFrame(rows)
+    missing = [c for c in ("instruction", "input", "output") if c not in frame.columns]
+    if missing:
+        raise DeftError(f"missing column(s) {missing}; found {list(frame.columns)}", file=path, field=missing[0])
+    if "sample_id" not in frame.columns:
+        frame.insert(0, "sample_id", [str(i) for i in range(len(frame))])
+    return frame
+
+
+# ----------------------------------------------------------------------------------------------- entry points
+
+
+def required_scores(method: str, cfg: DeftConfig) -> list[str]:
+    return list(METHOD_SCORES[method])
+
+
+def run_scores(cfg: DeftConfig, out: str | Path, names: list[str], *, overwrite: bool = False,
+               progress: bool = True) -> Path:
+    pipe = Pipeline(cfg, out, overwrite=overwrite, progress=progress)
+    pool = pipe.pool_from_source()
+    pipe.check_plan(pool, names, "random", [])
+    pipe.score(pool, names)
+    pipe.run.write_manifest(config=to_dict(cfg), data_fingerprint=pool.data_fingerprint,
+                            counts={"pool": len(pool.samples)})
+    return pipe.run.path("scores.parquet")
+
+
+def run_prune(cfg: DeftConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True,
+              samples: pd.DataFrame | None = None) -> PruneResult:
+    """The whole curation run; see the module docstring for caching and --overwrite."""
+    pipe = Pipeline(cfg, out, overwrite=overwrite, progress=progress)
+    pool = pipe.pool_from_source() if samples is None else pipe.pool_from_frame(samples)
+    method = cfg.selection.method
+    names = required_scores(method, cfg)
+    budgets = [resolve_budget(b, len(pool.samples)) for b in cfg.selection.budgets]
+    pipe.check_plan(pool, names, method, budgets)
+    scores = pipe.score(pool, names)
+    selections = pipe.select(pool, scores, method, budgets)
+    coresets = {}
+    for budget, selection in selections.items():
+        path = coreset_path(pipe.run, budget, len(selections))
+        fp = pipe.selection_fp(pool, names, method, budget)
+        if not pipe.run.is_done(f"selection-{budget}", fp):
+            with pipe.run.stage(f"selection-{budget}", fp):
+                write_jsonl(path, coreset_records(pool.samples, selection))
+        coresets[budget] = path
+    from deft.report import write_prune_report
+
+    manifest = pipe.run.write_manifest(
+        config=to_dict(cfg), seeds={"selection": cfg.selection.seed, "surrogate": cfg.surrogate.seed},
+        data_fingerprint=pool.data_fingerprint, samples_fingerprint=pool.fingerprint,
+        counts={"pool": len(pool.samples),
+                "coreset": {str(b): int(len(s.indices)) for b, s in selections.items()},
+                "per_stratum": {str(b): _stratum_counts(s) for b, s in selections.items()},
+                "topped_up": {str(b): s.params.get("topped_up", 0) for b, s in selections.items()}},
+        coresets={str(b): p.name for b, p in coresets.items()},
+    )
+    surrogate_report = pipe.surrogate(pool)[2] if pipe._surrogate is not None else None
+    report = write_prune_report(pipe.run.root, pool.samples, scores, selections, manifest, surrogate_report)
+    return PruneResult(coresets, report, selections, scores, pool)
+
+
+def _stratum_counts(selection: Any) -> Any:
+    counts = selection.stratum_counts
+    if isinstance(counts, pd.DataFrame):
+        return counts.to_dict(orient="records")
+    if isinstance(counts, dict):
+        return {str(k): v for k, v in counts.items()}
+    return np.asarray(counts).tolist()
+
+
+def run_train(cfg: DeftConfig, samples_path: str | Path, valid_path: str | Path | None, out: str | Path, *,
+              overwrite: bool = False, progress: bool = True):
+    from deft.models import load_target_llm
+    from deft.training import train_lora
+
+    train = load_samples_file(samples_path)
+    valid = load_samples_file(valid_path) if valid_path else None
+    loaded = load_target_llm(cfg.model)
+    return train_lora(loaded, train, valid, cfg.lora, cfg.training, Path(out), progress=progress,
+                      overwrite=overwrite)
+
+
+def run_evaluate(cfg: DeftConfig, adapter: str | Path | None, out: str | Path, *, progress: bool = True):
+    from deft.data import build_eval_users, load_interactions, split_interactions
+    from deft.evaluation import evaluate
+    from deft.models import load_target_llm
+
+    inter = load_interactions(cfg.data)
+    split = split_interactions(inter, cfg.data)
+    users = build_eval_users(split, inter.titles, cfg.prompt, cfg.samples, which="test")
+    loaded = load_target_llm(cfg.model)
+    return evaluate(loaded, adapter, users, inter.titles, cfg.evaluation, Path(out), progress=progress)
+
+
+def read_manifest(out: str | Path) -> dict[str, Any]:
+    return read_json(Path(out) / "manifest.json")
+
+
+__all__ = ["Pipeline", "Pool", "PruneResult", "run_prune", "run_scores", "run_train", "run_evaluate",
+           "split_from_samples", "load_samples_file", "write_json"]
