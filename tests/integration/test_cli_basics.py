@@ -1,0 +1,71 @@
+"""The CLI surface: help, describe, validate, one-line errors, --debug tracebacks."""
+
+from pathlib import Path
+
+from click.testing import CliRunner
+from deft_cli.main import app
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = str(ROOT / "data_samples" / "tiny-recbole")
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def test_help_lists_every_command_with_an_example():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("data", "validate", "score", "prune", "train", "evaluate", "run", "bench"):
+        assert f"\n  {command}" in result.output
+        assert f"deft {command}" in result.output
+
+
+def test_describe_tiny_source():
+    result = invoke("data", "describe", TINY)
+    assert result.exit_code == 0, result.output
+    assert "users" in result.output and "samples" in result.output
+    assert "### Instruction:" in result.output
+
+
+def test_validate_reports_every_problem(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("selection:\n  budgets: [0]\n  strata: 0\nsurrogate:\n  dropout: 2\n")
+    result = invoke("validate", str(bad))
+    assert result.exit_code == 1
+    line = result.output.strip()
+    assert line.startswith("error: ") and line.count("\n") == 0
+    assert "3 problems" in line and "selection.budgets" in line and "selection.strata" in line
+    assert "surrogate.dropout" in line
+
+
+def test_validate_ok():
+    result = invoke("validate", str(ROOT / "configs" / "demo.yaml"))
+    assert result.exit_code == 0 and result.output.strip().endswith(": ok")
+
+
+def test_missing_source_is_one_line_error(tmp_path):
+    result = invoke("data", "describe", str(tmp_path / "nowhere"))
+    assert result.exit_code == 1
+    assert result.output.startswith("error: ") and "Traceback" not in result.output
+
+
+def test_debug_shows_traceback(tmp_path):
+    result = CliRunner().invoke(app, ["--debug", "data", "describe", str(tmp_path / "nowhere")])
+    assert result.exit_code != 0 and result.exception is not None
+
+
+def test_python_dash_m_deft_runs():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "deft", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "prune" in proc.stdout
+
+
+def test_library_does_not_import_click():
+    import subprocess
+    import sys
+
+    code = "import sys, deft, deft.pipeline, deft.selection, deft.config; assert 'click' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

@@ -1,0 +1,100 @@
+"""`deft prune` end to end on tiny data with the tiny model, through click's CliRunner."""
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from deft_cli.main import app
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = str(ROOT / "data_samples" / "tiny-recbole")
+CONFIG = str(ROOT / "configs" / "bench" / "tiny.yaml")
+
+
+def _prune(out: Path, *extra: str):
+    args = ["--quiet", "prune", TINY, "--config", CONFIG, "--out", str(out), "--budget", "6", *extra]
+    return CliRunner().invoke(app, args, catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory):
+    out = tmp_path_factory.mktemp("prune") / "run"
+    start = time.perf_counter()
+    result = _prune(out)
+    assert result.exit_code == 0, result.output
+    return out, time.perf_counter() - start, result
+
+
+def test_files_present(pruned):
+    out, _, result = pruned
+    for name in ("coreset.jsonl", "scores.parquet", "samples.parquet", "manifest.json", "report.md"):
+        assert (out / name).is_file(), name
+    assert "coreset (6 samples)" in result.output and "report.md" in result.output
+    assert list(out.glob("*.png")), "the report has plots"
+
+
+def test_coreset_is_a_subset_with_unchanged_fields(pruned):
+    out, _, _ = pruned
+    pool = pd.read_parquet(out / "samples.parquet").set_index("sample_id")
+    rows = [json.loads(line) for line in (out / "coreset.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and len({r["sample_id"] for r in rows}) == 6
+    for row in rows:
+        original = pool.loc[row["sample_id"]]
+        for field in ("instruction", "input", "output", "user", "target_item"):
+            assert row[field] == original[field]
+        assert row["history"] == list(original["history"])
+        assert isinstance(row["stratum"], int)
+
+
+def test_manifest_counts_add_up(pruned):
+    out, _, _ = pruned
+    manifest = json.loads((out / "manifest.json").read_text())
+    pool = len(pd.read_parquet(out / "samples.parquet"))
+    assert manifest["counts"]["pool"] == pool
+    assert manifest["counts"]["coreset"] == {"6": 6}
+    per_stratum = manifest["counts"]["per_stratum"]["6"]
+    assert sum(s["chosen"] for s in per_stratum) == 6
+    assert len(manifest["data_fingerprint"]) >= 16
+    for stage in ("samples", "surrogate", "influence", "effort", "selection-6"):
+        assert manifest["stages"][stage]["wall_s"] >= 0
+
+
+def test_second_run_reuses_every_stage(pruned):
+    out, first_s, _ = pruned
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "stages").iterdir()}
+    start = time.perf_counter()
+    result = _prune(out)
+    second_s = time.perf_counter() - start
+    assert result.exit_code == 0, result.output
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "stages").iterdir()} == before
+    assert second_s < first_s
+
+
+def test_changed_argument_without_overwrite_fails_untouched(pruned):
+    out, _, _ = pruned
+    snapshot = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    result = CliRunner().invoke(app, ["prune", TINY, "--config", CONFIG, "--out", str(out), "--budget", "6",
+                                      "--seed", "7"])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: stage 'selection-6'") and "--overwrite" in result.output
+    assert "Traceback" not in result.output
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == snapshot
+
+
+def test_overwrite_replaces(pruned, tmp_path):
+    out, _, _ = pruned
+    result = _prune(out, "--seed", "7", "--overwrite")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["seeds"]["selection"] == 7
+    _prune(out, "--overwrite")  # restore seed 0 for other tests in this module
+
+
+def test_same_seed_same_coreset_bit_for_bit(pruned, tmp_path):
+    out, _, _ = pruned
+    other = tmp_path / "again"
+    assert _prune(other).exit_code == 0
+    assert (other / "coreset.jsonl").read_bytes() == (out / "coreset.jsonl").read_bytes()

@@ -1,0 +1,186 @@
+"""Prune report: plots, coverage, score agreement, Markdown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from deft.report import (
+    coverage_table,
+    markdown_table,
+    plot_coverage,
+    plot_score_agreement,
+    plot_score_distribution,
+    plot_stage_costs,
+    popularity_deciles,
+    prune_report_markdown,
+    score_agreement,
+)
+from deft.selection import coverage_select, pool_strata, select
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path: Path, snippet: str) -> None:
+    assert path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 1000
+    assert snippet.startswith("![") and snippet.endswith(f"({path.name})")
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]  # no temporary left behind
+
+
+@pytest.fixture(scope="module")
+def scores() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    infl = rng.normal(size=600)
+    return {"influence": infl, "effort": 0.5 * infl + rng.normal(size=600)}
+
+
+@pytest.fixture()
+def hand_pool() -> tuple[pd.DataFrame, pd.Series]:
+    # Ten items i0..i9 with popularity 1..10, so item i_d is alone in popularity decile d + 1.
+    popularity = pd.Series({f"i{d}": d + 1 for d in range(10)})
+    pool = pd.DataFrame({"user": ["u1", "u1", "u2", "u2", "u3", "u3", "u4", "u4"],
+                         "target_item": ["i0", "i9", "i9", "i9", "i5", "i0", "i1", "i2"]})
+    return pool, popularity
+
+
+# ----------------------------------------------------------------------------------------------- plots
+
+
+def test_plot_score_distribution(tmp_path: Path, scores: dict) -> None:
+    sel = select("dealrec", scores, 60, strata=10)
+    from deft.selection import selection_score
+
+    s = selection_score("dealrec", scores)
+    assert_png(tmp_path / "scores.png", plot_score_distribution(s, sel, tmp_path / "scores.png"))
+    with pytest.raises(ValueError, match="selection was made over 600"):
+        plot_score_distribution(s[:10], sel, tmp_path / "bad.png")
+
+
+def test_plot_score_distribution_unstratified_and_constant(tmp_path: Path) -> None:
+    s = np.full(50, 1.0)
+    sel = coverage_select(s, 5, strata=4)
+    assert_png(tmp_path / "c.png", plot_score_distribution(s, sel, tmp_path / "c.png"))
+    sel = select("random", {"x": s}, 5)
+    assert_png(tmp_path / "r.png", plot_score_distribution(s, sel, tmp_path / "r.png"))
+
+
+def test_plot_coverage(tmp_path: Path, hand_pool: tuple) -> None:
+    pool, popularity = hand_pool
+    table = coverage_table(pool, np.array([0, 4]), popularity)
+    assert_png(tmp_path / "cov.png", plot_coverage(table, tmp_path / "cov.png"))
+
+
+@pytest.mark.parametrize("n", [300, 6000])  # scatter, then hexbin
+def test_plot_score_agreement(tmp_path: Path, n: int) -> None:
+    rng = np.random.default_rng(1)
+    s = {"influence": rng.normal(size=n), "effort": rng.normal(size=n)}
+    assert_png(tmp_path / "agree.png", plot_score_agreement(s, tmp_path / "agree.png"))
+
+
+def test_plot_stage_costs(tmp_path: Path) -> None:
+    costs = {"surrogate": {"wall_s": 12.5, "peak_mb": 800.0}, "influence": {"wall_s": 3.0, "peak_mb": 900.0},
+             "selection": {"wall_s": 0.1, "peak_mb": 910.0}}
+    assert_png(tmp_path / "costs.png", plot_stage_costs(costs, tmp_path / "costs.png"))
+    with pytest.raises(ValueError, match="at least one stage"):
+        plot_stage_costs({}, tmp_path / "none.png")
+
+
+# ----------------------------------------------------------------------------------------------- coverage
+
+
+def test_popularity_deciles_split_ties_by_item_id() -> None:
+    pop = pd.Series({f"i{k:02d}": 1 for k in range(20)})  # all tied
+    dec = popularity_deciles(pop.iloc[::-1])  # order of the Series must not matter
+    assert dec["i00"] == 1 and dec["i01"] == 1 and dec["i02"] == 2 and dec["i19"] == 10
+
+
+def test_coverage_table_by_hand(hand_pool: tuple) -> None:
+    pool, popularity = hand_pool
+    table = coverage_table(pool, np.array([1, 2, 4]), popularity).set_index("group")
+    # coreset rows: (u1, i9), (u2, i9), (u3, i5)
+    assert table.loc["users", ["pool", "coreset"]].tolist() == [4, 3]
+    assert table.loc["users", "coverage"] == pytest.approx(0.75)
+    assert table.loc["target items", ["pool", "coreset"]].tolist() == [5, 2]  # i0 i1 i2 i5 i9
+    assert table.loc["target items", "coverage"] == pytest.approx(0.4)
+    d10 = table.loc["popularity decile 10"]  # item i9: 3 of 8 pool samples, 2 of 3 coreset samples
+    assert (d10["pool"], d10["coreset"]) == (1, 1)
+    assert d10["pool_share"] == pytest.approx(3 / 8) and d10["coreset_share"] == pytest.approx(2 / 3)
+    d1 = table.loc["popularity decile 1"]  # item i0: 2 of 8 pool samples, none chosen
+    assert d1["pool_share"] == pytest.approx(2 / 8) and d1["coreset_share"] == 0.0 and d1["coverage"] == 0.0
+    assert np.isnan(table.loc["popularity decile 4", "coverage"])  # i3 is never a target
+    assert table["pool_share"].sum() == pytest.approx(1.0) and table["coreset_share"].sum() == pytest.approx(1.0)
+
+
+def test_coverage_table_requires_popularity_of_every_target(hand_pool: tuple) -> None:
+    pool, popularity = hand_pool
+    with pytest.raises(ValueError, match=r"1 target item\(s\) have no popularity, e.g. 'i9'"):
+        coverage_table(pool, np.array([0]), popularity.drop("i9"))
+
+
+# ----------------------------------------------------------------------------------------------- agreement
+
+
+def test_agreement_identical_and_reversed() -> None:
+    x = np.random.default_rng(2).normal(size=200)
+    same = score_agreement({"influence": x, "effort": x.copy()})
+    assert same["spearman"] == pytest.approx(1.0) and same["top_jaccard"] == 1.0 and same["top_k"] == 20
+    rev = score_agreement({"influence": x, "effort": -x})
+    assert rev["spearman"] == pytest.approx(-1.0) and rev["top_jaccard"] == 0.0
+
+
+def test_agreement_per_stratum_and_named_scores(scores: dict) -> None:
+    s = {**scores, "el2n": scores["influence"] ** 3}
+    out = score_agreement(s, names=("influence", "el2n"))
+    assert (out["a"], out["b"], out["spearman"]) == ("influence", "el2n", pytest.approx(1.0))
+    combined = scores["influence"] + scores["effort"]
+    sel = coverage_select(combined, 50, strata=5)
+    strata = pool_strata(combined, sel)
+    out = score_agreement(scores, strata)
+    assert [r["stratum"] for r in out["per_stratum"]] == list(np.unique(strata[strata >= 0]))
+    assert sum(r["n"] for r in out["per_stratum"]) == 600 - sel.params["pruned"]
+    assert all(-1.0 <= r["spearman"] <= 1.0 for r in out["per_stratum"] if r["n"] > 2)
+    with pytest.raises(ValueError, match="two score names"):
+        score_agreement(scores, names=("influence", "nope"))
+
+
+# ----------------------------------------------------------------------------------------------- markdown
+
+
+def test_markdown_table_formats_cells() -> None:
+    text = markdown_table(["a", "b"], [(1, 0.123456), ("x", float("nan"))])
+    assert text.splitlines() == ["| a | b |", "|---|---|", "| 1 | 0.1235 |", "| x | – |"]
+
+
+def test_prune_report_markdown_has_every_section(hand_pool: tuple, scores: dict) -> None:
+    pool, popularity = hand_pool
+    sel = select("dealrec", scores, 40, strata=8, lambda_=0.3)
+    text = prune_report_markdown(
+        "Pruning demo", sel,
+        config={"selection": {"method": "dealrec", "budgets": [40], "lambda_": 0.3}},
+        coverage=coverage_table(pool, np.array([0, 1]), popularity),
+        agreement=score_agreement(scores), costs={"selection": {"wall_s": 0.01, "peak_mb": 100.0}},
+        images=["![scores](scores.png)"])
+    for heading in ("# Pruning demo", "## Configuration", "## Counts", "## Strata", "## Coverage",
+                    "## Score agreement: influence vs effort", "## Stage costs", "## Plots"):
+        assert heading in text
+    assert "| selection.lambda_ | 0.3 |" in text and "| chosen | 40 |" in text and "(scores.png)" in text
+    strata_rows = [ln for ln in text.splitlines() if ln.startswith("| ") and "[" in ln and ln.count("|") == 5]
+    assert sum(int(r.split("|")[4]) for r in strata_rows) == 40
+
+
+def test_prune_report_markdown_minimal(scores: dict) -> None:
+    text = prune_report_markdown("Random", select("random", scores, 10))
+    assert "## Counts" in text and "## Strata" not in text and "## Coverage" not in text
+
+
+def test_spearman_matches_scipy_with_ties() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    from deft.report import spearman
+
+    rng = np.random.default_rng(3)
+    a, b = rng.integers(0, 5, size=300).astype(float), rng.normal(size=300)
+    assert spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic)
+    assert np.isnan(spearman(np.ones(5), b[:5]))
