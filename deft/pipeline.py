@@ -408,13 +408,10 @@ def run_prune(cfg: DeftConfig, out: str | Path, *, overwrite: bool = False, prog
     return PruneResult(coresets, report, selections, scores, pool)
 
 
-def _stratum_counts(selection: Any) -> Any:
-    counts = selection.stratum_counts
-    if isinstance(counts, pd.DataFrame):
-        return counts.to_dict(orient="records")
-    if isinstance(counts, dict):
-        return {str(k): v for k, v in counts.items()}
-    return np.asarray(counts).tolist()
+def _stratum_counts(selection: Any) -> list[dict[str, int]]:
+    """Per stratum: samples in the pool (after the hard prune) and chosen; strata with neither are left out."""
+    return [{"stratum": k, "pool": int(p), "chosen": int(c)}
+            for k, (p, c) in enumerate(np.asarray(selection.stratum_counts)) if p or c]
 
 
 def run_train(cfg: DeftConfig, samples_path: str | Path, valid_path: str | Path | None, out: str | Path, *,
