@@ -7,7 +7,6 @@ computes only what is missing, so an interrupted experiment resumes where it sto
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -121,7 +120,7 @@ def _run_arm(pipe: Pipeline, pool: Pool, scores: pd.DataFrame, valid: pd.DataFra
     trained = train_lora(pipe.llm(), train_samples, valid, cfg.lora, train_cfg, arm_dir / "train",
                          progress=pipe.progress, overwrite=pipe.run.overwrite)
     evaluated = evaluate(pipe.llm(), trained.adapter_dir, users, pool.titles, cfg.evaluation, arm_dir / "eval",
-                         progress=pipe.progress)
+                         cache_dir=pipe.run.path("cache"), progress=pipe.progress)
     record = {"key": run.key, "arm": run.arm, "budget": run.budget, "seed": run.seed, "fingerprint": fp,
               "samples": int(len(indices)), "metrics": evaluated.metrics,
               "train": {"wall_s": trained.wall_s, "epochs": trained.epochs_run, "steps": trained.steps,
@@ -149,7 +148,6 @@ def _references(pipe: Pipeline, pool: Pool) -> dict[str, Any]:
     if not refs:
         return out
     _, _, report = pipe.surrogate(pool)
-    report = dataclasses.asdict(report) if dataclasses.is_dataclass(report) else dict(report)
     if "sasrec" in refs:
         out["sasrec"] = report.get("test", report)
     if "popularity" in refs:

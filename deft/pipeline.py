@@ -150,18 +150,25 @@ class Pipeline:
         return Pool(samples, split_from_samples(samples), fp, fp)
 
     def surrogate(self, pool: Pool):
-        """Train (or reload) the SASRec surrogate: returns (model, item_index, report)."""
+        """Train (or reload) the SASRec surrogate: returns (model, item_index, report as a dict)."""
         if self._surrogate is None:
             from deft.surrogate import load_surrogate, train_surrogate
+
+            if pool.split.kind == "none":
+                raise DeftError("surrogate-based scores (influence, grand, el2n, kcenter) need samples with columns "
+                                "user, history, target_item; for plain instruction data use method "
+                                "'effort_only' or 'random'")
 
             fp = self.stage_fp("surrogate", pool)
             directory = self.run.path("surrogate")
             if self.run.is_done("surrogate", fp):
-                self._surrogate = load_surrogate(directory)
+                model, index, meta = load_surrogate(directory)
+                self._surrogate = (model, index, meta.get("report", {}))
             else:
                 with self.run.stage("surrogate", fp):
-                    self._surrogate = train_surrogate(pool.split, self.cfg.surrogate, out_dir=directory,
-                                                      progress=self.progress)
+                    model, index, report = train_surrogate(pool.split, self.cfg.surrogate, out_dir=directory,
+                                                           progress=self.progress)
+                self._surrogate = (model, index, report.to_dict())
         return self._surrogate
 
     def score(self, pool: Pool, names: list[str]) -> pd.DataFrame:
@@ -237,10 +244,19 @@ class Pipeline:
 
     def sample_embeddings(self, pool: Pool) -> np.ndarray:
         """The surrogate's representation of each sample's history (for k-center coverage)."""
-        from deft.surrogate import encode_histories
+        import torch
+
+        from deft.surrogate import pad_left
 
         model, index, _ = self.surrogate(pool)
-        return encode_histories(model, index, pool.samples["history"].tolist())
+        model.eval()
+        histories = [index.encode(h) for h in pool.samples["history"]]
+        chunks = []
+        with torch.no_grad():
+            for start in range(0, len(histories), 4096):
+                seqs = pad_left(histories[start:start + 4096], model.max_len)
+                chunks.append(model(seqs, last_only=True).double().numpy())
+        return np.concatenate(chunks)
 
 
 # ----------------------------------------------------------------------------------------------- helpers

@@ -260,16 +260,20 @@ def _strata_rows(selection: Selection) -> list[list[Any]]:
 def prune_report_markdown(title: str, selection: Selection, *, config: Mapping[str, Any] | None = None,
                           coverage: pd.DataFrame | None = None, agreement: Mapping[str, Any] | None = None,
                           costs: Mapping[str, Mapping[str, float]] | None = None,
-                          images: Sequence[str] = ()) -> str:
-    """report.md for one pruning run, from the pieces above; sections with no data are left out."""
+                          images: Sequence[str] | Mapping[str, str] = ()) -> str:
+    """report.md for one pruning run: results first, each plot beside its table, settings last.
+
+    ``images`` maps a section (``distribution``, ``coverage``, ``agreement``, ``costs``) to its Markdown image
+    link; a plain sequence of links is shown together at the end. Sections with no data are left out.
+    """
+    placed = dict(images) if isinstance(images, Mapping) else {}
     p = selection.params
     parts = [f"# {title}"]
-    if config:
-        parts += ["## Configuration", markdown_table(["setting", "value"], _flatten(config))]
     counts = [("pool samples", p["n"]), ("hard-pruned (top by score)", p["pruned"]),
               ("eligible", p["n"] - p["pruned"]), ("budget", p["budget"]), ("chosen", len(selection)),
               ("non-empty strata", p.get("nonempty_strata")), ("topped up after allocation", p["topped_up"])]
     parts += ["## Counts", markdown_table(["", "count"], counts)]
+    parts += [placed["distribution"]] if "distribution" in placed else []
     rows = _strata_rows(selection)
     if rows:
         empty = len(selection.stratum_counts) - len(rows)
@@ -278,19 +282,25 @@ def prune_report_markdown(title: str, selection: Selection, *, config: Mapping[s
     if coverage is not None:
         cols = ["group", "pool", "coreset", "coverage", "pool_share", "coreset_share"]
         parts += ["## Coverage", markdown_table(cols, coverage[cols].itertuples(index=False))]
+        parts += [placed["coverage"]] if "coverage" in placed else []
     if agreement is not None:
         parts += [f"## Score agreement: {agreement['a']} vs {agreement['b']}",
+                  "Do the surrogate-side and the LLM-side scores rank the pool alike? (per stratum below)",
                   markdown_table(["measure", "value"], [
                       ("Spearman", agreement["spearman"]),
                       (f"Jaccard of top {agreement['top_fraction']:.0%} sets", agreement["top_jaccard"])])]
+        parts += [placed["agreement"]] if "agreement" in placed else []
         if agreement.get("per_stratum"):
             parts.append(markdown_table(["stratum", "n", "Spearman"],
                                         [(r["stratum"], r["n"], r["spearman"]) for r in agreement["per_stratum"]]))
     if costs:
         parts += ["## Stage costs", markdown_table(["stage", "wall s", "peak MB"],
                                                    [(s, c.get("wall_s"), c.get("peak_mb")) for s, c in costs.items()])]
-    if images:
+        parts += [placed["costs"]] if "costs" in placed else []
+    if images and not placed:
         parts += ["## Plots", *images]
+    if config:
+        parts += ["## Settings", markdown_table(["setting", "value"], _flatten(config))]
     return "\n\n".join(parts) + "\n"
 
 
@@ -306,27 +316,27 @@ def write_prune_report(root: str | Path, samples: pd.DataFrame, scores: pd.DataF
     budget = min(selections)
     selection = selections[budget]
     method = selection.params["method"]
-    images = []
+    images: dict[str, str] = {}
     combined = selection_score(method, columns, lambda_=cfg.get("lambda_", 0.5),
                                normalization=cfg.get("normalization", "minmax"), ccs_score=cfg.get("ccs_score", "el2n"))
     if combined is not None:
-        images.append(plot_score_distribution(combined, selection, root / "score_distribution.png",
-                                              f"{method} selection score (budget {budget})"))
+        images["distribution"] = plot_score_distribution(combined, selection, root / "score_distribution.png",
+                                                         f"{method} selection score (budget {budget})")
     popularity = samples["target_item"].value_counts() if "target_item" in samples.columns else None
     coverage = None
     if popularity is not None:
         coverage = coverage_table(samples, selection.indices, popularity)
-        images.append(plot_coverage(coverage, root / "coverage.png"))
+        images["coverage"] = plot_coverage(coverage, root / "coverage.png")
     agreement = None
     if {"influence", "effort"} <= set(columns):
         strata = pool_strata(combined, selection) if combined is not None and selection.edges is not None else None
         agreement = score_agreement(columns, strata, names=("influence", "effort"))
-        images.append(plot_score_agreement(columns, root / "score_agreement.png", names=("influence", "effort")))
+        images["agreement"] = plot_score_agreement(columns, root / "score_agreement.png", names=("influence", "effort"))
     costs = manifest.get("stages", {})
     if costs:
-        images.append(plot_stage_costs(costs, root / "stage_costs.png"))
+        images["costs"] = plot_stage_costs(costs, root / "stage_costs.png")
     text = prune_report_markdown(f"DEFT coreset: {method}, {budget} of {len(samples)} samples", selection,
-                                 config=manifest.get("config"), coverage=coverage, agreement=agreement, costs=costs,
+                                 config=_prune_settings(manifest.get("config", {})), coverage=coverage, agreement=agreement, costs=costs,
                                  images=images)
     extra = []
     if len(selections) > 1:
@@ -342,11 +352,13 @@ def write_prune_report(root: str | Path, samples: pd.DataFrame, scores: pd.DataF
     return path
 
 
-def _surrogate_metrics(report: Any) -> list[tuple[str, dict[str, float]]]:
-    import dataclasses
+def _prune_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The sections that shape a coreset, without unset values (the manifest keeps everything)."""
+    keep = ("data", "samples", "prompt", "model", "surrogate", "influence", "effort", "selection")
+    return {k: {f: v for f, v in config[k].items() if v is not None} for k in keep if k in config}
 
-    if dataclasses.is_dataclass(report):
-        report = dataclasses.asdict(report)
+
+def _surrogate_metrics(report: Any) -> list[tuple[str, dict[str, float]]]:
     if not isinstance(report, Mapping):
         return []
     out = []
@@ -387,11 +399,11 @@ def experiment_table(summary: list[dict[str, Any]], ks: list[int]) -> str:
 def comparison_table(comparisons: list[dict[str, Any]]) -> str:
     if not comparisons:
         return "_no paired comparisons (needs a `random` or `full` arm)_"
-    lines = ["| arm | budget | against | mean difference of NDCG@10 | 95% interval | share of resamples > 0 |",
+    lines = ["| arm | budget | against | mean difference of NDCG@10 | 95% interval | two-sided p |",
              "|---|---|---|---|---|---|"]
     for c in comparisons:
         lines.append(f"| {c['arm']} | {_budget_label(c['budget'])} | {c['against']} | {c['mean_diff']:+.4f} | "
-                     f"[{c['lo']:+.4f}, {c['hi']:+.4f}] | {c.get('p_greater', float('nan')):.3f} |")
+                     f"[{c['lo']:+.4f}, {c['hi']:+.4f}] | {c.get('p_value', float('nan')):.3f} |")
     return "\n".join(lines)
 
 

@@ -79,7 +79,8 @@ def test_changed_argument_without_overwrite_fails_untouched(pruned):
     result = CliRunner().invoke(app, ["prune", TINY, "--config", CONFIG, "--out", str(out), "--budget", "6",
                                       "--seed", "7"])
     assert result.exit_code == 1
-    assert result.output.startswith("error: stage 'selection-6'") and "--overwrite" in result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: stage 'selection-6'") and "--overwrite" in last
     assert "Traceback" not in result.output
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == snapshot
 

@@ -163,7 +163,7 @@ def test_prune_report_markdown_has_every_section(hand_pool: tuple, scores: dict)
         coverage=coverage_table(pool, np.array([0, 1]), popularity),
         agreement=score_agreement(scores), costs={"selection": {"wall_s": 0.01, "peak_mb": 100.0}},
         images=["![scores](scores.png)"])
-    for heading in ("# Pruning demo", "## Configuration", "## Counts", "## Strata", "## Coverage",
+    for heading in ("# Pruning demo", "## Settings", "## Counts", "## Strata", "## Coverage",
                     "## Score agreement: influence vs effort", "## Stage costs", "## Plots"):
         assert heading in text
     assert "| selection.lambda_ | 0.3 |" in text and "| chosen | 40 |" in text and "(scores.png)" in text

@@ -1,0 +1,68 @@
+"""deft.prune as a pipeline step: the coreset comes back in the input's type with its fields unchanged."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import deft
+from deft.config import DataConfig, PromptConfig, SamplesConfig
+from deft.data import build_samples, load_interactions, split_interactions
+from deft.errors import DeftError
+from deft.pipeline import split_from_samples
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "configs" / "bench" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def pool() -> pd.DataFrame:
+    data = DataConfig(source=str(ROOT / "data_samples" / "tiny-recbole"))
+    inter = load_interactions(data)
+    return build_samples(split_interactions(inter, data), inter.titles, SamplesConfig(max_history=5),
+                         PromptConfig(max_tokens=None))
+
+
+def test_dataframe_in_dataframe_out(pool, tmp_path):
+    out = deft.prune(pool, budget=5, config=CONFIG, out=tmp_path / "df", progress=False)
+    assert isinstance(out.coreset, pd.DataFrame) and len(out.coreset) == 5
+    original = pool.set_index("sample_id")
+    for row in out.coreset.to_dict(orient="records"):
+        assert row["output"] == original.loc[row["sample_id"], "output"]
+    assert {"sample_id", "influence", "effort"} <= set(out.scores.columns)
+
+
+def test_hf_dataset_in_dataset_out_with_budget_sweep(pool, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_pandas(pool, preserve_index=False)
+    out = deft.prune(ds, budget=[3, "20%"], config=CONFIG, out=tmp_path / "hf", progress=False)
+    assert isinstance(out.coreset, datasets.Dataset)
+    assert sorted(out.coresets) == [3, round(0.2 * len(pool))]
+    assert set(ds.column_names) <= set(out.coreset.column_names)
+
+
+def test_plain_instruction_data_with_effort_only(tmp_path):
+    frame = pd.DataFrame({"instruction": ["Say a colour."] * 6, "input": [str(i) for i in range(6)],
+                          "output": ["red", "green", "blue", "cyan", "magenta", "yellow"]})
+    out = deft.prune(frame, budget=2, method="effort_only", config=CONFIG, out=tmp_path / "plain", progress=False)
+    assert len(out.coreset) == 2 and set(out.coreset["output"]) <= set(frame["output"])
+
+
+def test_surrogate_scores_need_recommendation_columns(tmp_path):
+    frame = pd.DataFrame({"instruction": ["x"] * 4, "input": ["a"] * 4, "output": ["b", "c", "d", "e"]})
+    with pytest.raises(DeftError, match="user, history, target_item"):
+        deft.prune(frame, budget=2, method="dealrec", config=CONFIG, out=tmp_path / "x", progress=False)
+
+
+def test_wrong_input_type():
+    with pytest.raises(DeftError, match="datasets.Dataset, a pandas DataFrame or a source name"):
+        deft.prune(42, budget=2)
+
+
+def test_user_sequences_rebuilt_from_windows(pool):
+    data = DataConfig(source=str(ROOT / "data_samples" / "tiny-recbole"))
+    split = split_interactions(load_interactions(data), data)
+    rebuilt = split_from_samples(pool)
+    for user, seq in split.train.items():
+        if len(seq) >= 2:
+            assert rebuilt.train[user] + rebuilt.valid[user] == seq

@@ -1,0 +1,50 @@
+"""A whole experiment on tiny data: arms x budget x seed, a results table recomputable from per-user results,
+and a resumed run that recomputes nothing."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from deft_cli.main import app
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    out = tmp_path_factory.mktemp("exp") / "run"
+    result = CliRunner().invoke(app, ["--quiet", "bench", "tiny", "--out", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_outputs(experiment):
+    for name in ("results.json", "results.md", "ndcg_by_arm.png", "cost_by_arm.png", "manifest.json"):
+        assert (experiment / name).is_file(), name
+    text = (experiment / "results.md").read_text()
+    assert "## Verdict" in text and "dealrec" in text and "Paired bootstrap" in text
+
+
+def test_table_recomputable_from_per_user_results(experiment):
+    results = json.loads((experiment / "results.json").read_text())
+    assert {r["arm"] for r in results["runs"]} == {"full", "random", "dealrec"}
+    for run in results["runs"]:
+        per_user = pd.read_parquet(experiment / run["per_user"])
+        assert len(per_user) == results["test_users"]
+        for metric, value in run["metrics"].items():
+            assert np.isclose(per_user[metric].mean(), value), (run["key"], metric)
+    for row in results["summary"]:
+        runs = [r for r in results["runs"] if r["arm"] == row["arm"] and r["budget"] == row["budget"]]
+        assert np.isclose(row["ndcg@10"], np.mean([r["metrics"]["ndcg@10"] for r in runs]))
+
+
+def test_resume_recomputes_nothing(experiment):
+    records = {p: p.stat().st_mtime_ns for p in experiment.glob("arms/*/record.json")}
+    stages = {p: p.stat().st_mtime_ns for p in (experiment / "stages").iterdir()}
+    result = CliRunner().invoke(app, ["--quiet", "bench", "tiny", "--out", str(experiment)])
+    assert result.exit_code == 0, result.output
+    assert {p: p.stat().st_mtime_ns for p in experiment.glob("arms/*/record.json")} == records
+    assert {p: p.stat().st_mtime_ns for p in (experiment / "stages").iterdir()} == stages
