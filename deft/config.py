@@ -179,6 +179,7 @@ class SurrogateConfig:
     max_epochs: int = 200
     patience: int = 10  # epochs without validation NDCG@10 improvement before stopping
     seed: int = 0
+    exclude_history: bool = False  # rank history items too (False), as the LLM grounding evaluation does
 
     def problems(self, p: str = "surrogate") -> list[str]:
         out: list[str] = []
@@ -191,6 +192,8 @@ class SurrogateConfig:
         _number(out, f"{p}.weight_decay", self.weight_decay, 0.0)
         _choice(out, f"{p}.loss", self.loss, ("ce", "bce"))
         _positive_int(out, f"{p}.seed", self.seed, allow_zero=True)
+        if not isinstance(self.exclude_history, bool):
+            out.append(f"`{p}.exclude_history` must be true or false, got {self.exclude_history!r}")
         return out
 
 
@@ -211,6 +214,9 @@ class InfluenceConfig:
     lissa_batch: int = 1  # samples per stochastic HVP (parity: 1)
     lissa_repeats: int = 1
     seed: int = 0
+    exact_max_params: int = 20000  # exact forms a p x p Hessian: refuse larger p (use cg or lissa)
+    hvp_chunk: int = 8192  # samples x tangent vectors per vectorised HVP call when forming H (memory bound)
+    hessian_samples: int = 0  # 0: H over the whole pool (exact H of R); k: H over a seeded subset of k samples
 
     def problems(self, p: str = "influence") -> list[str]:
         out: list[str] = []
@@ -225,8 +231,10 @@ class InfluenceConfig:
         _number(out, f"{p}.cg_tol", self.cg_tol, 0.0, lo_open=True)
         _number(out, f"{p}.lissa_scale", self.lissa_scale, 0.0, lo_open=True)
         _number(out, f"{p}.lissa_damping", self.lissa_damping, 0.0, 1.0)
-        for name in ("batch_size", "cg_max_iter", "lissa_depth", "lissa_batch", "lissa_repeats"):
+        for name in ("batch_size", "cg_max_iter", "lissa_depth", "lissa_batch", "lissa_repeats", "exact_max_params",
+                     "hvp_chunk"):
             _positive_int(out, f"{p}.{name}", getattr(self, name))
+        _positive_int(out, f"{p}.hessian_samples", self.hessian_samples, allow_zero=True)
         _positive_int(out, f"{p}.seed", self.seed, allow_zero=True)
         return out
 
@@ -260,10 +268,18 @@ class BaselinesConfig:
 
     early_epochs: int = 5
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    grand_params: str = "all"  # GraNd gradient over: all (Paul et al.) | attn_out | last_block | regex
+    batch_size: int = 256  # samples per vmap(grad) batch (GraNd over all parameters is memory-heavy)
 
     def problems(self, p: str = "baselines") -> list[str]:
         out: list[str] = []
         _positive_int(out, f"{p}.early_epochs", self.early_epochs)
+        _positive_int(out, f"{p}.batch_size", self.batch_size)
+        if self.grand_params not in ("attn_out", "last_block", "all"):
+            try:
+                re.compile(self.grand_params)
+            except (re.error, TypeError):
+                out.append(f"`{p}.grand_params` must be attn_out, last_block, all or a regex, got {self.grand_params!r}")
         if not self.seeds or not all(isinstance(s, int) and s >= 0 for s in self.seeds):
             out.append(f"`{p}.seeds` must be a non-empty list of non-negative integers, got {self.seeds!r}")
         return out
@@ -284,6 +300,7 @@ class SelectionConfig:
     lambda_: float = 0.5  # weight of effort in minmax(I) + lambda * minmax(effort)
     normalization: str = "minmax"  # minmax | rank | zscore
     seed: int = 0
+    ccs_score: str = "el2n"  # the difficulty score the ccs baseline stratifies (el2n, grand or any score name)
 
     def problems(self, p: str = "selection") -> list[str]:
         out: list[str] = []
@@ -295,6 +312,8 @@ class SelectionConfig:
         _number(out, f"{p}.lambda_", self.lambda_, 0.0)
         _choice(out, f"{p}.normalization", self.normalization, ("minmax", "rank", "zscore"))
         _positive_int(out, f"{p}.seed", self.seed, allow_zero=True)
+        if not isinstance(self.ccs_score, str) or not self.ccs_score:
+            out.append(f"`{p}.ccs_score` must be a score name such as 'el2n', got {self.ccs_score!r}")
         return out
 
 
@@ -334,6 +353,7 @@ class TrainingConfig:
     valid_samples: int = 256  # validation samples used for early stopping
     max_grad_norm: float = 1.0
     seed: int = 0
+    schedule: str = "linear"  # linear | cosine: decay after the warm-up, to 0 at the last planned step
 
     def problems(self, p: str = "training") -> list[str]:
         out: list[str] = []
@@ -346,6 +366,7 @@ class TrainingConfig:
         _number(out, f"{p}.max_grad_norm", self.max_grad_norm, 0.0, lo_open=True)
         _choice(out, f"{p}.loss_on", self.loss_on, ("response", "prompt"))
         _positive_int(out, f"{p}.seed", self.seed, allow_zero=True)
+        _choice(out, f"{p}.schedule", self.schedule, ("linear", "cosine"))
         return out
 
 

@@ -1,0 +1,183 @@
+"""Evaluation: metrics on hand-made rankings, grounding, batched generation, the cached evaluate()."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from deft import evaluation
+from deft.config import EvaluationConfig, LoraConfig
+from deft.data.prompts import render_prompt
+from deft.evaluation import (
+    embed_texts,
+    evaluate,
+    generate,
+    ground,
+    hit_ranks,
+    item_embeddings,
+    ndcg_at_k,
+    paired_bootstrap,
+    recall_at_k,
+)
+from deft.models import attach_lora, detach_lora, load_target_llm
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.set_num_threads(1)
+    return load_target_llm("tiny-llama")
+
+
+TITLES = {"i1": "Toy Story (1995)", "i2": "Heat (1995)", "i3": "Heat (1995)", "i4": "Fargo (1996)",
+          "i5": "Babe (1995)"}
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+
+
+def test_single_target_metrics_and_k_beyond_the_list():
+    ranked, targets = [["a", "b", "c"]], [{"b"}]
+    assert recall_at_k(ranked, targets, 1)[0] == 0.0
+    assert recall_at_k(ranked, targets, 2)[0] == 1.0
+    assert ndcg_at_k(ranked, targets, 2)[0] == pytest.approx(1 / math.log2(3))
+    assert ndcg_at_k(ranked, targets, 50)[0] == pytest.approx(1 / math.log2(3))  # K > list length
+    assert recall_at_k([[]], [{"a"}], 10)[0] == 0.0
+
+
+def test_several_targets_idcg_over_min_targets_k():
+    ranked, targets = [["a", "b", "c", "d"]], [{"a", "d", "z"}]
+    assert recall_at_k(ranked, targets, 4)[0] == pytest.approx(2 / 3)
+    idcg3 = 1 + 1 / math.log2(3) + 1 / math.log2(4)
+    assert ndcg_at_k(ranked, targets, 4)[0] == pytest.approx((1 + 1 / math.log2(5)) / idcg3)
+    # K = 2 < |targets|: IDCG has only two positions.
+    assert ndcg_at_k(ranked, targets, 2)[0] == pytest.approx(1 / (1 + 1 / math.log2(3)))
+    assert ndcg_at_k([["a", "d"]], [{"a", "d"}], 10)[0] == pytest.approx(1.0)
+
+
+def test_duplicate_titles_share_the_best_rank():
+    groups = {"a": "T1", "a2": "T1", "b": "T2", "c": "T3"}
+    ranked = [["a", "a2", "b", "c"]] * 3
+    targets = [{"a2"}, {"b"}, {"a", "a2"}]
+    # a2 is hit at rank 1 through its title; b is the 2nd distinct title, not the 3rd item.
+    assert hit_ranks(ranked, targets, groups) == [[1], [2], [1]]
+    np.testing.assert_allclose(recall_at_k(ranked, targets, 1, groups), [1, 0, 1])
+    np.testing.assert_allclose(ndcg_at_k(ranked, targets, 2, groups), [1, 1 / math.log2(3), 1])
+    # Without groups the same lists are scored item by item.
+    assert hit_ranks(ranked, targets) == [[2], [3], [1, 2]]
+
+
+def test_bootstrap_interval_contains_the_mean_difference():
+    rng = np.random.default_rng(0)
+    b = rng.random(300)
+    a = b + 0.05 + 0.1 * rng.standard_normal(300)
+    out = paired_bootstrap(a, b, n=500, seed=1)
+    assert out["lo"] <= out["mean_diff"] <= out["hi"]
+    assert out["mean_diff"] == pytest.approx(float(np.mean(a - b)))
+    assert out["p_value"] < 0.05 and out["share_le_zero"] < 0.025
+    assert paired_bootstrap(a, b, n=500, seed=1) == out  # seeded
+    same = paired_bootstrap(b, b, n=100, seed=0)
+    assert same["mean_diff"] == same["lo"] == same["hi"] == 0.0
+
+
+# ----------------------------------------------------------------------------------------------- grounding
+
+
+def test_ground_expands_titles_and_excludes_history():
+    ids = list(TITLES)
+    emb = np.array([[0, 0], [1, 0], [1, 0], [5, 5], [9, 9]], dtype=np.float32)
+    query = np.array([[1.1, 0], [0, 0]], dtype=np.float32)
+    ranked = ground(query, emb, ids, TITLES, k_max=2)
+    assert ranked[0] == ["i2", "i3", "i1"]  # both "Heat" items at rank 1, then Toy Story
+    assert ranked[1] == ["i1", "i2", "i3"]
+    assert len(ground(query, emb, ids, TITLES, k_max=10)[0]) == 5  # K beyond the catalogue: everything
+    excluded = ground(query, emb, ids, TITLES, k_max=2, exclude=[{"i2", "i3"}, {"i2"}])
+    assert excluded[0] == ["i1", "i4"]  # the fully excluded title disappears
+    assert excluded[1] == ["i1", "i3"]  # a partly excluded title keeps its other item
+
+
+def test_generated_title_grounds_to_itself(tiny, tmp_path):
+    item_ids, item_emb = item_embeddings(tiny, TITLES, tmp_path)
+    assert item_emb.shape == (5, tiny.model.config.hidden_size) and item_emb.dtype == np.float32
+    generated = ["Fargo (1996)", "Heat (1995)", "Babe (1995)"]
+    gen_emb = embed_texts(tiny, generated, batch_size=2)
+    ranked = ground(gen_emb, item_emb, item_ids, TITLES, k_max=3)
+    assert hit_ranks(ranked, [{"i4"}, {"i3"}, {"i5"}], TITLES) == [[1], [1], [1]]
+    assert ranked[1][:2] == ["i2", "i3"]
+
+
+def test_item_embeddings_are_cached(tiny, tmp_path, monkeypatch):
+    first = item_embeddings(tiny, TITLES, tmp_path)
+    monkeypatch.setattr(evaluation, "embed_texts", lambda *a, **k: pytest.fail("cache not used"))
+    second = item_embeddings(tiny, TITLES, tmp_path)
+    assert first[0] == second[0] and np.array_equal(first[1], second[1])
+
+
+def test_embedding_ignores_padding_and_adapters(tiny):
+    alone = embed_texts(tiny, ["Heat (1995)"], batch_size=1)
+    batched = embed_texts(tiny, ["a much longer title than the other one", "Heat (1995)", ""], batch_size=3)
+    np.testing.assert_allclose(batched[1], alone[0], atol=1e-5)
+    assert np.isfinite(batched).all()
+    peft_model = attach_lora(tiny, LoraConfig(), seed=0)
+    try:
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=1.0)  # a non-zero adapter that would move the states
+        with_lora = embed_texts(tiny, ["Heat (1995)"], batch_size=1)
+        assert all(p.requires_grad for n, p in peft_model.named_parameters() if "lora_" in n)
+    finally:
+        detach_lora(peft_model)
+    np.testing.assert_allclose(with_lora, alone, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------- generation
+
+
+def test_batched_generation_equals_one_at_a_time(tiny):
+    words = ["Heat", "Toy Story", "Fargo and Babe", "Alien", "Zz Top 123 long one"]
+    prompts = [render_prompt(w, w) for w in words]  # five lengths, so batches need padding
+    cfg = EvaluationConfig(batch_size=3)
+    batched = generate(tiny, None, prompts, cfg, max_new_tokens=6)
+    single = [generate(tiny, None, [p], EvaluationConfig(batch_size=1), max_new_tokens=6)[0] for p in prompts]
+    assert batched == single
+    assert len(set(batched)) > 1  # distinct outputs, so a mix-up of the order would show
+    assert all("\n" not in g for g in batched)
+
+
+def test_beam_search_runs_batched(tiny):
+    prompts = [render_prompt("Recommend.", "The user watched: a."), render_prompt("Recommend.", "b")]
+    out = generate(tiny, None, prompts, EvaluationConfig(batch_size=2, num_beams=2), max_new_tokens=4)
+    assert len(out) == 2 and all(isinstance(g, str) for g in out)
+
+
+# ----------------------------------------------------------------------------------------------- evaluate
+
+
+def _users() -> pd.DataFrame:
+    return pd.DataFrame({
+        "user": ["u1", "u2", "u3"],
+        "history": [["i1"], ["i2", "i4"], ["i5"]],
+        "targets": [["i4"], ["i1"], ["i2", "i5"]],
+        "instruction": ["Recommend."] * 3,
+        "input": ["The user watched: Toy Story (1995).", "The user watched: Heat (1995); Fargo (1996).",
+                  "The user watched: Babe (1995)."],
+    })
+
+
+def test_evaluate_writes_results_and_reuses_them(tiny, tmp_path, monkeypatch):
+    cfg = EvaluationConfig(batch_size=2, ks=[1, 3], exclude_history=True)
+    result = evaluate(tiny, None, _users(), TITLES, cfg, tmp_path, progress=False)
+    assert set(result.metrics) == {"recall@1", "ndcg@1", "recall@3", "ndcg@3"}
+    assert all(0.0 <= v <= 1.0 for v in result.metrics.values())
+    assert (tmp_path / "metrics.json").is_file() and (tmp_path / "per_user.parquet").is_file()
+    assert list(result.per_user["user"]) == ["u1", "u2", "u3"]
+    assert {"generated", "top3", "hit_ranks", "ndcg@3"} <= set(result.per_user.columns)
+    # History items were excluded from every list.
+    for hist, top in zip(_users()["history"], result.per_user["top3"], strict=True):
+        assert not set(hist) & set(top)
+    monkeypatch.setattr(evaluation, "generate", lambda *a, **k: pytest.fail("cache not used"))
+    again = evaluate(tiny, None, _users(), TITLES, cfg, tmp_path, progress=False)
+    assert again.metrics == result.metrics

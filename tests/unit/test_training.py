@@ -1,0 +1,132 @@
+"""LoRA training on the tiny model: loss parity, only adapters change, resume, caching, early stopping."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from deft import training
+from deft.artifacts import read_json
+from deft.config import LoraConfig, TrainingConfig
+from deft.data.encoding import pad_batch
+from deft.errors import ArtifactMismatchError
+from deft.models import load_target_llm
+from deft.training import encode_frame, epoch_batches, label_token_loss, lr_factor, mean_loss, train_lora
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.set_num_threads(1)
+    return load_target_llm("tiny-llama")
+
+
+def _frame(n: int = 8) -> pd.DataFrame:
+    titles = ["Heat (1995)", "Fargo (1996)", "Babe (1995)"]
+    return pd.DataFrame({"sample_id": range(n), "instruction": ["Recommend a movie."] * n,
+                         "input": [f"The user watched: {titles[i % 3]}; Alien ({1970 + i})." for i in range(n)],
+                         "output": [titles[(i + 1) % 3] for i in range(n)]})
+
+
+def _cfg(**kw) -> TrainingConfig:
+    base = {"lr": 2e-2, "epochs": 3, "batch_size": 2, "grad_accum": 2, "warmup_ratio": 0.1, "seed": 0}
+    return TrainingConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("loss_on", ["response", "prompt"])
+def test_gathered_loss_equals_the_model_loss(tiny, loss_on):
+    encoded = encode_frame(tiny.tokenizer, _frame(3), loss_on)
+    batch = pad_batch(encoded, tiny.tokenizer.pad_token_id)
+    with torch.no_grad():
+        reference = tiny.model(**batch).loss
+        total, n = label_token_loss(tiny.model, batch)
+    assert n == int((batch["labels"][:, 1:] != -100).sum())
+    torch.testing.assert_close(total / n, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_epoch_batches_cover_every_sample_once_and_are_seeded():
+    lengths = [5, 9, 3, 7, 7, 2, 8, 1, 4]
+    first = epoch_batches(lengths, 2, seed=0, epoch=0)
+    assert sorted(i for b in first for i in b) == list(range(9))
+    assert first == epoch_batches(lengths, 2, seed=0, epoch=0)
+    assert first != epoch_batches(lengths, 2, seed=0, epoch=1)
+
+
+def test_lr_warms_up_then_decays_to_zero():
+    assert lr_factor(0, 2, 10, "linear") < lr_factor(1, 2, 10, "linear") < 1.0
+    assert lr_factor(2, 2, 10, "linear") == 1.0 == lr_factor(2, 2, 10, "cosine")
+    assert lr_factor(10, 2, 10, "linear") == 0.0
+    assert lr_factor(10, 2, 10, "cosine") == pytest.approx(0.0)
+
+
+def test_training_changes_only_lora_and_lowers_the_loss(tiny, tmp_path):
+    from peft import PeftModel
+
+    base = {k: v.clone() for k, v in tiny.model.state_dict().items()}
+    train = pd.concat([_frame(4)] * 4, ignore_index=True)  # a tiny repeated dataset to memorise
+    encoded = encode_frame(tiny.tokenizer, train)
+    before = mean_loss(tiny, tiny.model, encoded, 8)
+    result = train_lora(tiny, train, train.iloc[:4], LoraConfig(), _cfg(lr=5e-2, epochs=4), tmp_path,
+                        progress=False)
+    after_state = tiny.model.state_dict()
+    assert after_state.keys() == base.keys()  # adapters removed again
+    assert all(torch.equal(after_state[k], v) for k, v in base.items())  # base weights untouched
+    adapter = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
+    assert adapter and all("lora_" in k for k in adapter)
+    assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
+    model = PeftModel.from_pretrained(tiny.model, str(result.adapter_dir))
+    try:
+        after = mean_loss(tiny, model, encoded, 8)
+    finally:
+        model.unload()
+    assert after < before - 0.2  # from ~ln(258), the uniform guess of a random byte-level model
+    log = read_json(result.log_path)
+    assert len(log) == result.steps == 4 * 4  # 16 samples / (2 x 2) per step, 4 epochs
+    assert {"step", "loss", "lr", "wall_s", "samples_per_s"} <= set(log[0])
+    assert (tmp_path / "loss_curve.png").stat().st_size > 0
+    assert result.best_valid_loss == min(e["valid_loss"] for e in log if "valid_loss" in e)
+
+
+def test_finished_training_is_reused_and_a_mismatch_refused(tiny, tmp_path, monkeypatch):
+    first = train_lora(tiny, _frame(), None, LoraConfig(), _cfg(epochs=1), tmp_path, progress=False)
+    assert first.best_valid_loss is None and (first.adapter_dir / "adapter_config.json").is_file()
+    monkeypatch.setattr(training, "label_token_loss", lambda *a: pytest.fail("trained again"))
+    assert train_lora(tiny, _frame(), None, LoraConfig(), _cfg(epochs=1), tmp_path, progress=False) == first
+    with pytest.raises(ArtifactMismatchError, match="fingerprint"):
+        train_lora(tiny, _frame(), None, LoraConfig(), _cfg(epochs=2), tmp_path, progress=False)
+
+
+def test_resume_gives_the_same_adapter(tiny, tmp_path, monkeypatch):
+    cfg = _cfg(epochs=2, eval_every=1)
+    straight = train_lora(tiny, _frame(), _frame(4), LoraConfig(), cfg, tmp_path / "a", progress=False)
+
+    real_save, calls = training._save_checkpoint, []
+
+    def crash_after_second(*args, **kwargs):
+        real_save(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as if the process died right after the checkpoint
+
+    monkeypatch.setattr(training, "_save_checkpoint", crash_after_second)
+    with pytest.raises(KeyboardInterrupt):
+        train_lora(tiny, _frame(), _frame(4), LoraConfig(), cfg, tmp_path / "b", progress=False)
+    assert read_json(tmp_path / "b" / "checkpoint" / "state.json")["step"] == 2
+    monkeypatch.setattr(training, "_save_checkpoint", real_save)
+    resumed = train_lora(tiny, _frame(), _frame(4), LoraConfig(), cfg, tmp_path / "b", progress=False)
+
+    assert resumed.steps == straight.steps == 4 and resumed.best_valid_loss == straight.best_valid_loss
+    a = load_file(str(straight.adapter_dir / "adapter_model.safetensors"))
+    b = load_file(str(resumed.adapter_dir / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    losses = [[e["loss"] for e in read_json(r.log_path)] for r in (straight, resumed)]
+    assert losses[0] == losses[1]
+    assert not (tmp_path / "b" / "checkpoint").exists()
+
+
+def test_early_stopping_after_patience(tiny, tmp_path):
+    # lr 0: the validation loss never improves after the first evaluation, so patience 1 stops at epoch 2.
+    result = train_lora(tiny, _frame(), _frame(4), LoraConfig(), _cfg(lr=1e-12, epochs=5, patience=1),
+                        tmp_path, progress=False)
+    assert result.epochs_run == 2
