@@ -117,16 +117,19 @@ def _run_arm(pipe: Pipeline, pool: Pool, scores: pd.DataFrame, valid: pd.DataFra
             indices = pipe.select(pool, scores, run.arm, [run.budget], seed=run.seed)[run.budget].indices
     train_samples = pool.samples.iloc[indices].reset_index(drop=True)
     train_cfg = replace(cfg.training, seed=run.seed)
-    trained = train_lora(pipe.llm(), train_samples, valid, cfg.lora, train_cfg, arm_dir / "train",
-                         progress=pipe.progress, overwrite=pipe.run.overwrite)
-    evaluated = evaluate(pipe.llm(), trained.adapter_dir, users, pool.titles, cfg.evaluation, arm_dir / "eval",
-                         cache_dir=pipe.run.path("cache"), progress=pipe.progress)
+    with measure() as train_cost:
+        trained = train_lora(pipe.llm(), train_samples, valid, cfg.lora, train_cfg, arm_dir / "train",
+                             progress=pipe.progress, overwrite=pipe.run.overwrite)
+    with measure() as eval_cost:
+        evaluated = evaluate(pipe.llm(), trained.adapter_dir, users, pool.titles, cfg.evaluation,
+                             arm_dir / "eval", cache_dir=pipe.run.path("cache"), progress=pipe.progress)
     record = {"key": run.key, "arm": run.arm, "budget": run.budget, "seed": run.seed, "fingerprint": fp,
               "samples": int(len(indices)), "metrics": evaluated.metrics,
               "train": {"wall_s": trained.wall_s, "epochs": trained.epochs_run, "steps": trained.steps,
-                        "best_valid_loss": trained.best_valid_loss, "samples_per_s": trained.samples_per_s},
+                        "best_valid_loss": trained.best_valid_loss, "samples_per_s": trained.samples_per_s,
+                        "peak_mb": train_cost.peak_mb},
               "selection": {"wall_s": select_cost.wall_s, "peak_mb": select_cost.peak_mb},
-              "eval": {"wall_s": evaluated.wall_s, "s_per_user": evaluated.s_per_user},
+              "eval": {"wall_s": evaluated.wall_s, "s_per_user": evaluated.s_per_user, "peak_mb": eval_cost.peak_mb},
               "per_user": str((arm_dir / "eval" / "per_user.parquet").relative_to(pipe.run.root))}
     write_json(record_path, record)
     return record
@@ -168,7 +171,9 @@ def summarise(records: list[dict[str, Any]], cfg: DeftConfig, stage_costs: dict[
     """Mean +- std over seeds per (arm, budget), with the cost of pruning + training vs the full arm."""
     frame = pd.DataFrame([{"arm": r["arm"], "budget": r["budget"], "seed": r["seed"], **r["metrics"],
                            "train_s": r["train"]["wall_s"], "select_s": r["selection"]["wall_s"],
-                           "eval_s": r["eval"]["wall_s"], "epochs": r["train"]["epochs"]} for r in records])
+                           "eval_s": r["eval"]["wall_s"], "epochs": r["train"]["epochs"],
+                           "peak_mb": max(r["train"].get("peak_mb", 0.0), r["eval"].get("peak_mb", 0.0))}
+                          for r in records])
     full_train = frame.loc[frame["arm"] == "full", "train_s"].mean() if (frame["arm"] == "full").any() else None
     rows = []
     for (arm, budget), group in frame.groupby(["arm", "budget"], dropna=False, sort=False):
@@ -176,8 +181,9 @@ def summarise(records: list[dict[str, Any]], cfg: DeftConfig, stage_costs: dict[
                       for s in _scoring_stages(arm)) if arm != "full" else 0.0
         pipeline_s = scoring + group["select_s"].mean() + group["train_s"].mean()
         row = {"arm": arm, "budget": None if pd.isna(budget) else int(budget), "seeds": int(len(group)),
-               "epochs": group["epochs"].tolist(), "scoring_s": round(scoring, 1),
-               "train_s": round(float(group["train_s"].mean()), 1), "pipeline_s": round(float(pipeline_s), 1),
+               "epochs": group["epochs"].tolist(), "scoring_s": round(scoring, 2),
+               "train_s": round(float(group["train_s"].mean()), 2), "pipeline_s": round(float(pipeline_s), 2),
+               "eval_s": round(float(group["eval_s"].mean()), 2), "peak_mb": float(group["peak_mb"].max()),
                "fraction_of_full": None if not full_train else round(float(pipeline_s / full_train), 4)}
         for metric in [c for c in frame.columns if "@" in c]:
             row[metric] = float(group[metric].mean())

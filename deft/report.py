@@ -385,12 +385,14 @@ def _budget_label(budget: Any) -> str:
 
 def experiment_table(summary: list[dict[str, Any]], ks: list[int]) -> str:
     metrics = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")]
-    head = ["arm", "budget", "seeds", *metrics, "epochs", "scoring s", "training s", "pruning+training / full"]
+    head = ["arm", "budget", "seeds", *metrics, "epochs", "scoring s", "training s", "eval s", "peak MB",
+            "pruning+training / full"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in summary:
         frac = row.get("fraction_of_full")
         cells = [row["arm"], _budget_label(row["budget"]), str(row["seeds"]), *[_pm(row, m) for m in metrics],
-                 ",".join(map(str, row["epochs"])), f"{row['scoring_s']:.0f}", f"{row['train_s']:.0f}",
+                 ",".join(map(str, row["epochs"])), f"{row['scoring_s']:.1f}", f"{row['train_s']:.1f}",
+                 f"{row['eval_s']:.1f}", f"{row['peak_mb']:.0f}",
                  "–" if frac is None else f"{100 * frac:.1f}%"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -441,7 +443,7 @@ def verdict(summary: list[dict[str, Any]], comparisons: list[dict[str, Any]]) ->
 def plot_metric_by_arm(summary: list[dict[str, Any]], path: Path, metric: str = "ndcg@10",
                        references: dict[str, Any] | None = None) -> None:
     """Grouped bars: one group per arm, one bar per budget, error bars = std over seeds."""
-    arms = list(dict.fromkeys(r["arm"] for r in summary))
+    arms = list(dict.fromkeys(r["arm"] for r in summary if r["arm"] != "full"))  # full is the dashed line
     budgets = list(dict.fromkeys(r["budget"] for r in summary if r["budget"] is not None))
     fig = _figure(max(6.0, 0.9 * len(arms) + 2), 4)
     ax = fig.subplots()
@@ -461,7 +463,7 @@ def plot_metric_by_arm(summary: list[dict[str, Any]], path: Path, metric: str = 
     for name, ref in (references or {}).items():
         if isinstance(ref, dict) and metric in ref:
             ax.axhline(ref[metric], ls=":", lw=1, color="grey")
-            ax.text(len(arms) - 0.5, ref[metric], name, fontsize=7, va="bottom", ha="right", color="grey")
+            ax.text(-0.45, ref[metric], name, fontsize=7, va="bottom", ha="left", color="grey")
     ax.set_xticks(range(len(arms)), arms, rotation=30, ha="right")
     ax.set_ylabel(metric.upper())
     ax.set_title(f"{metric.upper()} by arm and budget (mean ± std over seeds)")
