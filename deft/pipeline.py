@@ -201,10 +201,10 @@ class Pipeline:
     def _compute(self, stage: str, pool: Pool) -> tuple[pd.DataFrame, dict[str, Any]]:
         ids = pool.samples["sample_id"].to_numpy()
         if stage == "influence":
-            from deft.scores.influence import score_pool
+            from deft.scores.influence import score_pool, validation_pairs
 
             model, index, _ = self.surrogate(pool)
-            valid = _valid_pairs(pool.split) if self.cfg.influence.target == "valid" else None
+            valid = validation_pairs(pool.split) if self.cfg.influence.target == "valid" else None
             result = score_pool(model, index, pool.samples, self.cfg.influence, valid=valid, progress=self.progress)
             return pd.DataFrame({"sample_id": ids, "influence": result.scores}), _jsonable(result.info)
         if stage == "loss":
@@ -298,11 +298,6 @@ def _overlap(seq: list[str], window: list[str]) -> int:
         if seq[-k:] == window[:k]:
             return k
     return 0
-
-
-def _valid_pairs(split: Split) -> tuple[list[list[str]], list[str]]:
-    users = [u for u, v in split.valid.items() if v and split.train.get(u)]
-    return [split.train[u] for u in users], [split.valid[u][0] for u in users]
 
 
 def _merge_scores(path: Path, new: pd.DataFrame) -> pd.DataFrame | None:

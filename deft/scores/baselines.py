@@ -33,7 +33,7 @@ from deft.scores.influence import (
     select_parameters,
     take_rows,
 )
-from deft.surrogate.sasrec import ItemIndex, SASRec, encode_pairs
+from deft.surrogate.sasrec import ItemIndex, SASRec, encode_item_pairs
 from deft.surrogate.trainer import EncodedSplit, train_model
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def baseline_scores(split, samples_df: pd.DataFrame, surrogate_cfg: SurrogateCon
     index = ItemIndex.from_split(split)
     data = EncodedSplit.build(split, index)
     ids = samples_df["sample_id"].tolist()
-    histories, targets = encode_pairs(index, samples_df["history"].tolist(), samples_df["target_item"].tolist(),
+    histories, targets = encode_item_pairs(index, samples_df["history"].tolist(), samples_df["target_item"].tolist(),
                                       surrogate_cfg.max_len, ids)
     scorers = _scorers(baselines_cfg)
     totals = {w: np.zeros(len(ids)) for w in which}

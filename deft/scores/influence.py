@@ -59,7 +59,7 @@ from deft.surrogate.sasrec import (
     ItemIndex,
     SASRec,
     draw_negatives,
-    encode_pairs,
+    encode_item_pairs,
     item_logits,
     sample_loss,
 )
@@ -407,7 +407,7 @@ def influence_scores(model: SASRec, histories: Tensor, targets: Tensor, cfg: Inf
     """Influence of each (history, target) pair on the SASRec surrogate (see the module docstring for the sign).
 
     ``histories`` (n, W) are left-padded item indices and ``targets`` (n,) item indices, as made by
-    :func:`deft.surrogate.sasrec.encode_pairs`; ``valid`` the same for the validation pairs (target "valid").
+    :func:`deft.surrogate.sasrec.encode_item_pairs`; ``valid`` the same for the validation pairs (target "valid").
     """
     model.eval()  # dropout off: the loss must be a deterministic function of theta
     start = time.perf_counter()
@@ -429,7 +429,7 @@ def validation_pairs(split) -> tuple[list[list[str]], list[str]]:
 
 def pool_losses(model: SASRec, item_index: ItemIndex, samples_df: pd.DataFrame, *, seed: int = 0) -> np.ndarray:
     """Per-sample surrogate loss of every row of a sample frame (history, target_item), in row order."""
-    pairs = encode_pairs(item_index, samples_df["history"].tolist(), samples_df["target_item"].tolist(),
+    pairs = encode_item_pairs(item_index, samples_df["history"].tolist(), samples_df["target_item"].tolist(),
                          model.max_len, samples_df["sample_id"].tolist())
     return sample_losses(model, *pairs, seed=seed)
 
@@ -442,9 +442,9 @@ def score_pool(model: SASRec, item_index: ItemIndex, samples_df: pd.DataFrame, c
     ``valid`` = (histories, targets) as item ids, e.g. :func:`validation_pairs`, for target "valid".
     """
     ids = samples_df["sample_id"].tolist()
-    pairs = encode_pairs(item_index, samples_df["history"].tolist(), samples_df["target_item"].tolist(),
+    pairs = encode_item_pairs(item_index, samples_df["history"].tolist(), samples_df["target_item"].tolist(),
                          model.max_len, ids)
-    valid_pairs = None if valid is None else encode_pairs(item_index, valid[0], valid[1], model.max_len)
+    valid_pairs = None if valid is None else encode_item_pairs(item_index, valid[0], valid[1], model.max_len)
     result = influence_scores(model, *pairs, cfg, valid_pairs, progress)
     result.sample_ids = np.asarray(ids)
     result.info["description"] = INFLUENCE_DESCRIPTION

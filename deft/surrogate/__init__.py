@@ -1,6 +1,13 @@
 """The SASRec surrogate: model, training, evaluation, save/load (algorithms.md §2)."""
 
-from deft.surrogate.sasrec import ItemIndex, SASRec, encode_histories, encode_pairs, pad_left, sample_loss
+from deft.surrogate.sasrec import (
+    ItemIndex,
+    SASRec,
+    encode_histories,
+    encode_item_pairs,
+    pad_left,
+    sample_loss,
+)
 from deft.surrogate.trainer import (
     SurrogateReport,
     evaluate,
@@ -11,6 +18,6 @@ from deft.surrogate.trainer import (
     train_surrogate,
 )
 
-__all__ = ["ItemIndex", "SASRec", "SurrogateReport", "encode_histories", "encode_pairs", "evaluate", "load_surrogate",
-           "pad_left",
-           "popularity_metrics", "ranking_metrics", "sample_loss", "save_surrogate", "train_surrogate"]
+__all__ = ["ItemIndex", "SASRec", "SurrogateReport", "encode_histories", "encode_item_pairs", "evaluate",
+           "load_surrogate", "pad_left", "popularity_metrics", "ranking_metrics", "sample_loss", "save_surrogate",
+           "train_surrogate"]

@@ -85,7 +85,7 @@ def pad_left(seqs: Sequence[Sequence[int]], max_len: int) -> Tensor:
     return torch.from_numpy(out)
 
 
-def encode_pairs(index: ItemIndex, histories: Sequence[Sequence[str]], targets: Sequence[str], max_len: int,
+def encode_item_pairs(index: ItemIndex, histories: Sequence[Sequence[str]], targets: Sequence[str], max_len: int,
                  ids: Sequence[Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(histories (n, W), targets (n,)) as model indices; unknown items raise an error naming the sample."""
     def where(r: int) -> str:
