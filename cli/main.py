@@ -287,9 +287,8 @@ def run(ctx, config_path, out, overwrite) -> None:
     \b
     Example: deft run configs/bench/ml100k-cpu.yaml --out runs/bench-cpu
     """
-    from deft.experiment import run_experiment
-
     from deft.config import load_config
+    from deft.experiment import run_experiment
 
     cfg = load_config(config_path)
     result = run_experiment(cfg, out, overwrite=overwrite, progress=not ctx.obj["quiet"],
