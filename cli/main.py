@@ -297,7 +297,7 @@ def run(ctx, config_path, out, overwrite) -> None:
 
 
 @app.command()
-@click.argument("name", type=click.Choice(["ml100k-cpu", "ml100k-full", "tiny"]))
+@click.argument("name", type=click.Choice(["ml100k-cpu", "ml100k-full", "ml100k-mini", "tiny"]))
 @click.option("--out", type=click.Path(file_okay=False), help="Experiment directory (default runs/bench-NAME).")
 @click.option("--overwrite", is_flag=True, help="Replace cached arms made with other settings.")
 @click.pass_context
