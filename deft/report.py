@@ -291,8 +291,10 @@ def prune_report_markdown(title: str, selection: Selection, *, config: Mapping[s
                       (f"Jaccard of top {agreement['top_fraction']:.0%} sets", agreement["top_jaccard"])])]
         parts += [placed["agreement"]] if "agreement" in placed else []
         if agreement.get("per_stratum"):
-            parts.append(markdown_table(["stratum", "n", "Spearman"],
-                                        [(r["stratum"], r["n"], r["spearman"]) for r in agreement["per_stratum"]]))
+            # Inside one stratum of a combined score a + lambda*b is nearly constant, so a and b must trade
+            # off: per-stratum correlations are about -1 by construction and say nothing about agreement.
+            parts.append("Per-stratum correlations are not shown: inside a stratum of the combined score the "
+                         "two scores trade off by construction (their weighted sum is nearly constant).")
     if costs:
         parts += ["## Stage costs", markdown_table(["stage", "wall s", "peak MB"],
                                                    [(s, c.get("wall_s"), c.get("peak_mb")) for s, c in costs.items()])]

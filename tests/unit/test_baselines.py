@@ -19,13 +19,6 @@ from deft.surrogate.trainer import EncodedSplit, train_model
 TINY = SurrogateConfig(blocks=1, hidden=8, heads=2, max_len=6, dropout=0.2, batch_size=8, lr=5e-3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: thread hand-offs cost far more than they save, above all on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,6 @@ from deft.models import attach_lora, detach_lora, load_target_llm
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch.set_num_threads(1)
     return load_target_llm("tiny-llama")
 
 

@@ -29,13 +29,6 @@ from deft.surrogate.sasrec import ItemIndex, SASRec, pad_left, sample_loss
 DIM, CLASSES, MU = 3, 3, 0.2  # softmax regression: p = 3*3 + 3 = 12 parameters, L2 weight MU
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: thread hand-offs cost far more than they save, above all on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:

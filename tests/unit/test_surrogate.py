@@ -29,13 +29,6 @@ TINY = SurrogateConfig(blocks=1, hidden=16, heads=2, max_len=8, dropout=0.2, bat
                        patience=3, lr=5e-3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: thread hand-offs cost far more than they save, above all on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_split(n_users: int = 24, n_items: int = 15, seed: int = 0) -> Split:

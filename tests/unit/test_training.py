@@ -18,7 +18,6 @@ from deft.training import encode_frame, epoch_batches, label_token_loss, lr_fact
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch.set_num_threads(1)
     return load_target_llm("tiny-llama")
 
 
