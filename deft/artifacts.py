@@ -14,6 +14,7 @@ import logging
 import os
 import platform
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -47,6 +48,39 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def atomic_dir(dest: str | Path) -> Iterator[Path]:
+    """Yield a private temporary directory beside ``dest``; if the block succeeds, it replaces ``dest``.
+
+    The old ``dest`` is moved aside before the new one is renamed in, so ``dest`` is never half-written: a
+    crash between the two renames leaves ``dest.old``, which :func:`existing_dir` still finds.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        yield tmp
+        tmp.chmod(0o755)  # mkdtemp makes it private; the published directory is an ordinary one
+        old = dest.with_name(dest.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        if dest.exists():
+            dest.rename(old)
+        tmp.rename(dest)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def existing_dir(dest: str | Path) -> Path | None:
+    """``dest``, or its ``.old`` copy when a crash fell between the two renames of :func:`atomic_dir`."""
+    dest = Path(dest)
+    for p in (dest, dest.with_name(dest.name + ".old")):
+        if p.is_dir():
+            return p
+    return None
 
 
 def write_text(path: str | Path, text: str) -> None:

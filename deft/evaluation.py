@@ -206,12 +206,6 @@ def _adapted(loaded: LoadedModel, adapter_dir: str | Path | None) -> Iterator[to
         detach_lora(model)  # puts the original modules back into loaded.model
 
 
-def _autocast(loaded: LoadedModel) -> contextlib.AbstractContextManager:
-    from deft.models import autocast
-
-    return autocast(loaded)
-
-
 def _encode_texts(tokenizer, texts: Sequence[str]) -> list[Encoded]:
     """Token ids without special tokens, exactly as training's ``encode_pair`` tokenises a prompt."""
     ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
@@ -248,7 +242,7 @@ def generate(loaded: LoadedModel, adapter_dir: str | Path | None, prompts: Seque
                                use_cache=True)  # the loaded model's config turns the cache off for scoring
     out: list[str] = [""] * len(prompts)
     batches = length_sorted_batches([len(e.input_ids) for e in encoded], eval_cfg.batch_size)
-    with _adapted(loaded, adapter_dir) as model, torch.inference_mode(), _autocast(loaded):
+    with _adapted(loaded, adapter_dir) as model, torch.inference_mode(), loaded.autocast():
         model.eval()
         for batch in tqdm(batches, desc="generate", disable=not progress):
             padded = pad_batch([encoded[i] for i in batch], _pad_id(tok), side="left")

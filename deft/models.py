@@ -14,8 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import shutil
-import tempfile
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from importlib import metadata
@@ -25,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from deft.artifacts import file_sha256, fingerprint, write_json
+from deft.artifacts import atomic_dir, file_sha256, fingerprint, write_json
 from deft.config import LoraConfig, ModelConfig
 from deft.errors import MissingAssetError, ModelLoadError
 
@@ -243,9 +241,7 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s into %s (once; about 20 s)", gguf.name, target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         # save_pretrained refuses a GGUF-loaded model; a plain copy with the same weights saves normally.
@@ -254,20 +250,6 @@ def convert_gguf(gguf: Path, target: Path) -> None:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / "deft_source.json", {"gguf": gguf.name, "gguf_sha256": file_sha256(gguf)})
-        tmp.chmod(0o755)  # mkdtemp makes it private; the published cache is an ordinary directory
-        _publish(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _publish(tmp: Path, target: Path) -> None:
-    try:
-        os.replace(tmp, target)
-    except OSError:
-        # Another process finished the same conversion first: keep its copy, ours is identical.
-        if not (target / "config.json").is_file():
-            raise
 
 
 # ----------------------------------------------------------------------------------------------- tiny model

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from deft.artifacts import (
+    atomic_dir,
     atomic_path,
+    existing_dir,
     fingerprint,
     frame_fingerprint,
     read_json,
@@ -151,40 +152,10 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
 # ----------------------------------------------------------------------------------------------- saving
 
 
-def _replace_dir(tmp: Path, dest: Path) -> None:
-    """Put a fully written directory in place of ``dest``: the old one is moved aside before the new one
-    is renamed in, so ``dest`` is never half-written (at worst briefly absent with ``dest.old`` present)."""
-    old = dest.with_name(dest.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if dest.exists():
-        dest.rename(old)
-    tmp.rename(dest)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def _existing_dir(dest: Path) -> Path | None:
-    """``dest``, or its ``.old`` copy when a crash fell between the two renames of :func:`_replace_dir`."""
-    for p in (dest, dest.with_name(dest.name + ".old")):
-        if p.is_dir():
-            return p
-    return None
-
-
-def _tmp_dir(dest: Path) -> Path:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-
-
 def save_adapter(model: Any, dest: Path) -> None:
     """peft ``save_pretrained`` (adapter weights and config only) into ``dest``, atomically."""
-    tmp = _tmp_dir(dest)
-    try:
+    with atomic_dir(dest) as tmp:
         model.save_pretrained(str(tmp))
-        _replace_dir(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _rng_tensors() -> dict[str, torch.Tensor]:
@@ -201,14 +172,10 @@ def _save_checkpoint(dest: Path, model: Any, optimizer: torch.optim.Optimizer, s
     opt = optimizer.state_dict()
     tensors = {f"state.{idx}.{name}": value for idx, entry in opt["state"].items() for name, value in entry.items()}
     groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in opt["param_groups"]]
-    tmp = _tmp_dir(dest)
-    try:
+    with atomic_dir(dest) as tmp:
         save_safetensors(tmp / "adapter.safetensors", get_peft_model_state_dict(model))
         save_safetensors(tmp / "optimizer.safetensors", {**tensors, **_rng_tensors()})
         write_json(tmp / "state.json", {**state, "param_groups": groups})
-        _replace_dir(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _load_checkpoint(src: Path, model: Any, optimizer: torch.optim.Optimizer,
@@ -270,7 +237,7 @@ def _result_from_json(out_dir: Path, saved: dict[str, Any]) -> TrainResult:
 
 def _previous_run(out_dir: Path, fp: str, overwrite: bool) -> tuple[TrainResult | None, Path | None]:
     """(finished result, checkpoint to resume) for this fingerprint; a different one is an error."""
-    done, ckpt = out_dir / "train_result.json", _existing_dir(out_dir / "checkpoint")
+    done, ckpt = out_dir / "train_result.json", existing_dir(out_dir / "checkpoint")
     found = read_json(done)["fingerprint"] if done.is_file() else None
     if found is None and ckpt is not None:
         found = read_json(ckpt / "state.json")["fingerprint"]

@@ -71,3 +71,21 @@ def test_npy_round_trip_without_pickle(tmp_path):
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError):
         read_npy(tmp_path / "obj.npy")
+
+
+def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):
+    from deft.artifacts import atomic_dir, existing_dir
+
+    dest = tmp_path / "adapter"
+    with atomic_dir(dest) as tmp:
+        (tmp / "a.txt").write_text("one")
+    with pytest.raises(RuntimeError), atomic_dir(dest) as tmp:
+        (tmp / "a.txt").write_text("half")
+        raise RuntimeError("crash")
+    assert (dest / "a.txt").read_text() == "one"
+    with atomic_dir(dest) as tmp:
+        (tmp / "b.txt").write_text("two")
+    assert sorted(p.name for p in dest.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+    dest.rename(tmp_path / "adapter.old")  # a crash between the two renames
+    assert existing_dir(dest) == tmp_path / "adapter.old"
