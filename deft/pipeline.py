@@ -190,6 +190,8 @@ class Pipeline:
         path = self.run.path("scores", f"{stage}.parquet")
         if self.run.is_done(stage, fp):
             return read_parquet(path)
+        if stage in ("influence", "loss"):
+            self.surrogate(pool)  # its own stage: not timed inside this one, or the ledger counts it twice
         with self.run.stage(stage, fp) as cost:
             frame, info = self._compute(stage, pool)
             cost.extra.update(info)

@@ -99,3 +99,22 @@ def test_same_seed_same_coreset_bit_for_bit(pruned, tmp_path):
     other = tmp_path / "again"
     assert _prune(other).exit_code == 0
     assert (other / "coreset.jsonl").read_bytes() == (out / "coreset.jsonl").read_bytes()
+
+
+
+def test_stage_costs_are_not_nested(tmp_path, monkeypatch):
+    """The surrogate trains in its own stage, so the influence stage's time excludes it (no double count)."""
+    import deft.surrogate
+
+    real = deft.surrogate.train_surrogate
+
+    def slow(*args, **kwargs):
+        time.sleep(1.0)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(deft.surrogate, "train_surrogate", slow)
+    out = tmp_path / "run"
+    assert _prune(out).exit_code == 0
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert stages["surrogate"]["wall_s"] >= 1.0
+    assert stages["influence"]["wall_s"] < 0.9
