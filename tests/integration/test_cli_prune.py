@@ -118,3 +118,23 @@ def test_stage_costs_are_not_nested(tmp_path, monkeypatch):
     stages = json.loads((out / "manifest.json").read_text())["stages"]
     assert stages["surrogate"]["wall_s"] >= 1.0
     assert stages["influence"]["wall_s"] < 0.9
+
+
+def test_score_command_writes_every_requested_column(tmp_path):
+    out = tmp_path / "scores"
+    args = ["--quiet", "score", TINY, "--config", CONFIG, "--out", str(out), "--scores", "influence,grand,el2n,loss"]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    scores = pd.read_parquet(out / "scores.parquet")
+    pool = pd.read_parquet(out / "samples.parquet")
+    assert list(scores["sample_id"]) == list(pool["sample_id"])
+    for column in ("influence", "grand", "el2n", "loss"):
+        assert scores[column].notna().all(), column
+    # adding effort later keeps the columns already there and reuses the trained surrogate
+    surrogate_meta = (out / "stages" / "surrogate.json").stat().st_mtime_ns
+    args[args.index("influence,grand,el2n,loss")] = "effort"
+    assert CliRunner().invoke(app, args).exit_code == 0
+    scores = pd.read_parquet(out / "scores.parquet")
+    assert {"influence", "grand", "el2n", "loss", "effort"} <= set(scores.columns)
+    assert (out / "stages" / "surrogate.json").stat().st_mtime_ns == surrogate_meta
+    assert json.loads((out / "manifest.json").read_text())["counts"]["pool"] == len(pool)
