@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ class DeftGroup(click.Group):
 
 def _setup_logging(quiet: bool, debug: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if debug else logging.INFO)
+    # transformers' deprecation notices about its own internals (peft calls them) are noise to a DEFT user
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr, force=True)
 
@@ -53,7 +56,7 @@ def app(ctx: click.Context, quiet: bool, debug: bool) -> None:
       deft validate configs/demo.yaml               check a config, report every problem at once
       deft score ml-100k --out runs/s               per-sample influence and effort scores
       deft prune ml-100k --budget 256 --out runs/p  scores -> coreset.jsonl + report.md
-      deft train --samples runs/p/coreset-256.jsonl --out runs/t
+      deft train --samples runs/p/coreset.jsonl --out runs/t    LoRA fine-tuning
       deft evaluate ml-100k --adapter runs/t/adapter --out runs/e
       deft run configs/bench/tiny.yaml --out runs/x arms x budgets x seeds -> results.md
       deft bench ml100k-cpu                         a named benchmark tier
