@@ -241,14 +241,15 @@ def train(ctx, samples_path, valid_path, out, config_path, model, device, epochs
     """LoRA fine-tuning of the target LLM on a set of samples (response-only loss, early stopping).
 
     \b
-    Example: deft train --samples runs/ml100k/coreset-256.jsonl --out runs/ml100k/train-256
+    Example: deft train --samples runs/ml100k/coreset.jsonl --valid valid.jsonl --out runs/ml100k/train
     """
     from deft.pipeline import run_train
 
     cfg = _config(config_path, {"model.name": model, "model.device": device, "training.epochs": epochs,
                                 "training.lr": lr, "training.seed": seed})
     result = run_train(cfg, samples_path, valid_path, out, overwrite=overwrite, progress=not ctx.obj["quiet"])
-    click.echo(f"adapter: {result.adapter_dir} (best validation loss {result.best_valid_loss:.4f})")
+    loss = "no validation data" if result.best_valid_loss is None else f"best validation loss {result.best_valid_loss:.4f}"
+    click.echo(f"adapter: {result.adapter_dir} ({loss}, {result.epochs_run} epochs, {result.wall_s:.0f} s)")
 
 
 @app.command()

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from click.testing import CliRunner
+
 from deft_cli.main import app
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+
 from deft_cli.main import app
 
 ROOT = Path(__file__).resolve().parents[2]

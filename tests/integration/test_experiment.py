@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+
 from deft_cli.main import app
 
 ROOT = Path(__file__).resolve().parents[2]
