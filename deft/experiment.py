@@ -18,6 +18,7 @@ import pandas as pd
 
 from deft.artifacts import fingerprint, measure, read_json, read_parquet, write_json
 from deft.config import DeftConfig, resolve_budget, to_dict
+from deft.errors import ArtifactMismatchError
 from deft.pipeline import METHOD_SCORES, SCORE_STAGE, Pipeline, Pool
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,10 @@ def _run_arm(pipe: Pipeline, pool: Pool, scores: pd.DataFrame, valid: pd.DataFra
         record = read_json(record_path)
         if record.get("fingerprint") == fp:
             return record
-        pipe.run.check_compatible(f"arm-{run.key}", fp)
+        if not pipe.run.overwrite:
+            raise ArtifactMismatchError(
+                f"arm {run.key} in {pipe.run.root} was made with fingerprint {record.get('fingerprint')}, these "
+                f"settings give {fp}; use --overwrite to replace it or choose another --out")
     with measure() as select_cost:
         if run.arm == "full":
             indices = np.arange(len(pool.samples))

@@ -49,3 +49,13 @@ def test_resume_recomputes_nothing(experiment):
     assert result.exit_code == 0, result.output
     assert {p: p.stat().st_mtime_ns for p in experiment.glob("arms/*/record.json")} == records
     assert {p: p.stat().st_mtime_ns for p in (experiment / "stages").iterdir()} == stages
+
+
+def test_changed_training_setting_is_refused_without_overwrite(experiment, tmp_path):
+    config = tmp_path / "changed.yaml"
+    config.write_text((ROOT / "configs" / "bench" / "tiny.yaml").read_text().replace("  epochs: 1", "  epochs: 2"))
+    records = {p: p.stat().st_mtime_ns for p in experiment.glob("arms/*/record.json")}
+    result = CliRunner().invoke(app, ["run", str(config), "--out", str(experiment)])
+    assert result.exit_code == 1
+    assert "--overwrite" in result.output.strip().splitlines()[-1]
+    assert {p: p.stat().st_mtime_ns for p in experiment.glob("arms/*/record.json")} == records
