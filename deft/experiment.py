@@ -70,16 +70,17 @@ def run_experiment(cfg: DeftConfig, out: str | Path, *, overwrite: bool = False,
         log.info("arm %d/%d: %s", i, len(runs), run.key)
         records.append(_run_arm(pipe, pool, scores, valid, users, run))
     references = _references(pipe, pool)
+    evaluated = len(users) if cfg.evaluation.max_users is None else min(len(users), cfg.evaluation.max_users)
     from deft.report import write_experiment_report
 
     stage_costs = pipe.run.stage_costs()
     summary = summarise(records, cfg, stage_costs, names)
     comparisons = compare(pipe.run.root, records, cfg)
     payload = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M"), "config": to_dict(cfg),
-               "pool_size": len(pool.samples), "test_users": len(users), "runs": records, "summary": summary, "comparisons": comparisons,
+               "pool_size": len(pool.samples), "test_users": evaluated, "runs": records, "summary": summary, "comparisons": comparisons,
                "references": references, "shared_stages": stage_costs}
     pipe.run.write_manifest(config=to_dict(cfg), data_fingerprint=pool.data_fingerprint,
-                            counts={"pool": len(pool.samples), "runs": len(records), "test_users": len(users)})
+                            counts={"pool": len(pool.samples), "runs": len(records), "test_users": evaluated})
     json_path, md_path = write_experiment_report(pipe.run.root, payload)
     return ExperimentResult(json_path, md_path, records)
 

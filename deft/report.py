@@ -533,6 +533,8 @@ def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[
         "",
         "## Non-LLM references (full ranking over all items)",
         "",
+        f"Computed on every test user of the split; the LLM arms above on the first {payload['test_users']}.",
+        "",
         "| model | " + " | ".join(f"{m}@{k}" for k in ks for m in ("recall", "ndcg")) + " |",
         "|---|" + "---|" * (2 * len(ks)),
         *ref_lines,
