@@ -19,7 +19,7 @@ import pandas as pd
 from deft.artifacts import fingerprint, measure, read_json, read_parquet, write_json
 from deft.config import DeftConfig, resolve_budget, to_dict
 from deft.errors import ArtifactMismatchError
-from deft.pipeline import METHOD_SCORES, SCORE_STAGE, Pipeline, Pool
+from deft.pipeline import METHOD_SCORES, SCORE_STAGE, Pipeline, Pool, method_stages
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def summarise(records: list[dict[str, Any]], cfg: DeftConfig, stage_costs: dict[
     rows = []
     for (arm, budget), group in frame.groupby(["arm", "budget"], dropna=False, sort=False):
         scoring = sum(stage_costs.get(s, {}).get("wall_s", 0.0)
-                      for s in _scoring_stages(arm)) if arm != "full" else 0.0
+                      for s in method_stages(arm)) if arm != "full" else 0.0
         pipeline_s = scoring + group["select_s"].mean() + group["train_s"].mean()
         row = {"arm": arm, "budget": None if pd.isna(budget) else int(budget), "seeds": int(len(group)),
                "epochs": group["epochs"].tolist(), "scoring_s": round(scoring, 2),
@@ -195,13 +195,6 @@ def summarise(records: list[dict[str, Any]], cfg: DeftConfig, stage_costs: dict[
             row[f"{metric}_std"] = float(group[metric].std(ddof=0)) if len(group) > 1 else 0.0
         rows.append(row)
     return rows
-
-
-def _scoring_stages(arm: str) -> list[str]:
-    stages = {SCORE_STAGE[n] for n in METHOD_SCORES.get(arm, ())}
-    if stages & {"influence", "loss"} or arm == "kcenter":
-        stages.add("surrogate")
-    return sorted(stages)
 
 
 def compare(root: Path, records: list[dict[str, Any]], cfg: DeftConfig, k: int = 10) -> list[dict[str, Any]]:

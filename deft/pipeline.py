@@ -20,9 +20,7 @@ from deft.artifacts import (
     RunDir,
     fingerprint,
     frame_fingerprint,
-    read_json,
     read_parquet,
-    write_json,
     write_jsonl,
     write_parquet,
 )
@@ -32,7 +30,6 @@ from deft.errors import DeftError
 
 log = logging.getLogger(__name__)
 
-SURROGATE_SCORES = ("influence", "grand", "el2n", "loss")
 # which score columns each selection method reads
 METHOD_SCORES: dict[str, tuple[str, ...]] = {
     "dealrec": ("influence", "effort"), "greedy": ("influence", "effort"), "influence_only": ("influence",),
@@ -42,6 +39,15 @@ METHOD_SCORES: dict[str, tuple[str, ...]] = {
 # each score's column(s) in scores.parquet and the stage that makes it
 SCORE_STAGE = {"influence": "influence", "effort": "effort", "grand": "baselines", "el2n": "baselines",
                "loss": "loss"}
+
+
+def method_stages(method: str, names: list[str] | tuple[str, ...] | None = None) -> list[str]:
+    """The stages a method depends on: those making its scores (``names``, default the method's own), plus the
+    trained surrogate when influence, loss or k-center embeddings need it (GraNd/EL2N train their own)."""
+    stages = {SCORE_STAGE[n] for n in (METHOD_SCORES.get(method, ()) if names is None else names)}
+    if stages & {"influence", "loss"} or method == "kcenter":
+        stages.add("surrogate")
+    return sorted(stages)
 
 
 @dataclass
@@ -114,10 +120,7 @@ class Pipeline:
 
     def check_plan(self, pool: Pool, names: list[str], method: str, budgets: list[int]) -> None:
         """Refuse, before any work, a run directory whose finished stages were made with other settings."""
-        stages = {SCORE_STAGE[n] for n in names}
-        if stages & set(SURROGATE_SCORES) or method == "kcenter":
-            self.run.check_compatible("surrogate", self.stage_fp("surrogate", pool))
-        for stage in sorted(stages):
+        for stage in method_stages(method, names):
             self.run.check_compatible(stage, self.stage_fp(stage, pool))
         for budget in budgets:
             self.run.check_compatible(f"selection-{budget}", self.selection_fp(pool, names, method, budget))
@@ -371,10 +374,6 @@ def load_samples_file(path: str | Path) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------------- entry points
 
 
-def required_scores(method: str, cfg: DeftConfig) -> list[str]:
-    return list(METHOD_SCORES[method])
-
-
 def run_scores(cfg: DeftConfig, out: str | Path, names: list[str], *, overwrite: bool = False,
                progress: bool = True) -> Path:
     pipe = Pipeline(cfg, out, overwrite=overwrite, progress=progress)
@@ -392,7 +391,7 @@ def run_prune(cfg: DeftConfig, out: str | Path, *, overwrite: bool = False, prog
     pipe = Pipeline(cfg, out, overwrite=overwrite, progress=progress)
     pool = pipe.pool_from_source() if samples is None else pipe.pool_from_frame(samples)
     method = cfg.selection.method
-    names = required_scores(method, cfg)
+    names = list(METHOD_SCORES[method])
     budgets = [resolve_budget(b, len(pool.samples)) for b in cfg.selection.budgets]
     pipe.check_plan(pool, names, method, budgets)
     scores = pipe.score(pool, names)
@@ -451,9 +450,5 @@ def run_evaluate(cfg: DeftConfig, adapter: str | Path | None, out: str | Path, *
     return evaluate(loaded, adapter, users, inter.titles, cfg.evaluation, Path(out), progress=progress)
 
 
-def read_manifest(out: str | Path) -> dict[str, Any]:
-    return read_json(Path(out) / "manifest.json")
-
-
 __all__ = ["Pipeline", "Pool", "PruneResult", "run_prune", "run_scores", "run_train", "run_evaluate",
-           "split_from_samples", "load_samples_file", "write_json"]
+           "split_from_samples", "load_samples_file", "method_stages"]
