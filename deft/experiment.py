@@ -44,16 +44,40 @@ class ExperimentResult:
     records: list[dict[str, Any]]
 
 
+HEADLINE_ARMS = ("random", "dealrec")
+
+
 def plan_runs(cfg: DeftConfig, pool_size: int) -> list[ArmRun]:
+    """Every arm-budget-seed, the headline comparison first.
+
+    Seed by seed: ``random`` and ``dealrec`` at each budget, then the full pool (its seeds go with the
+    same-numbered seed), then the other arms. An experiment that takes a day is then interrupted with the
+    comparison that matters most already measured, and each later seed narrows that comparison first.
+    """
     e = cfg.experiment
+    budgets = [resolve_budget(b, pool_size) for b in e.budgets]
+    pruned = [a for a in e.arms if a != "full"]
+    headline = [a for a in pruned if a in HEADLINE_ARMS]
+    others = [a for a in pruned if a not in HEADLINE_ARMS]
     runs = []
-    for arm in e.arms:
-        if arm == "full":
-            runs.extend(ArmRun("full", None, s) for s in e.full_seeds)
-            continue
-        for budget in e.budgets:
-            runs.extend(ArmRun(arm, resolve_budget(budget, pool_size), s) for s in e.seeds)
+    for seed in dict.fromkeys([*e.seeds, *e.full_seeds]):
+        if seed in e.seeds:
+            runs.extend(ArmRun(a, b, seed) for b in budgets for a in headline)
+        if "full" in e.arms and seed in e.full_seeds:
+            runs.append(ArmRun("full", None, seed))
+        if seed in e.seeds:
+            runs.extend(ArmRun(a, b, seed) for b in budgets for a in others)
     return runs
+
+
+def remaining_seconds(done: list[dict[str, Any]], pending: list[ArmRun], pool_size: int) -> float | None:
+    """Projected wall time of the pending runs from the finished ones: training seconds per sample (epochs
+    included) times each run's sample count, plus the mean evaluation time."""
+    if not done:
+        return None
+    per_sample = sum(r["train"]["wall_s"] for r in done) / max(1, sum(r["samples"] for r in done))
+    eval_s = float(np.mean([r["eval"]["wall_s"] for r in done]))
+    return sum(eval_s + per_sample * (pool_size if run.budget is None else run.budget) for run in pending)
 
 
 def run_experiment(cfg: DeftConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True,
@@ -65,24 +89,49 @@ def run_experiment(cfg: DeftConfig, out: str | Path, *, overwrite: bool = False,
     pipe.check_plan(pool, names, "random", [])
     scores = pipe.score(pool, names)
     valid, users = _valid_and_test(pipe, pool)
-    records = []
-    for i, run in enumerate(runs, 1):
-        log.info("arm %d/%d: %s", i, len(runs), run.key)
-        records.append(_run_arm(pipe, pool, scores, valid, users, run))
     references = _references(pipe, pool)
-    evaluated = len(users) if cfg.evaluation.max_users is None else min(len(users), cfg.evaluation.max_users)
+    # Every cached run is read (and its settings checked) before anything is computed: a mismatch fails now,
+    # not hours in, and the reports written below include runs cached from an earlier order.
+    finished = {run.key: record for run in runs if (record := _cached_record(pipe, pool, run)) is not None}
+    todo = [run for run in runs if run.key not in finished]
+    if finished:
+        log.info("%d of %d runs already finished in %s; %d to go", len(finished), len(runs), pipe.run.root, len(todo))
+    for i, run in enumerate(todo, 1):
+        started = time.monotonic()
+        finished[run.key] = _run_arm(pipe, pool, scores, valid, users, run)
+        left = remaining_seconds(list(finished.values()), todo[i:], len(pool.samples))
+        log.info("run %s finished in %.0f s (%d of %d to go done)%s", run.key, time.monotonic() - started, i,
+                 len(todo), "" if left is None or i == len(todo) else f"; about {left / 3600:.1f} h left")
+        if i < len(todo):  # rewritten after every run, so a day-long experiment can be read while it runs
+            _write_report(pipe, pool, cfg, names, finished, runs, users, references, command)
+    json_path, md_path = _write_report(pipe, pool, cfg, names, finished, runs, users, references, command)
+    records = [finished[run.key] for run in runs]
+    return ExperimentResult(json_path, md_path, records)
+
+
+def _write_report(pipe: Pipeline, pool: Pool, cfg: DeftConfig, names: list[str], finished: dict[str, Any],
+                  runs: list[ArmRun], users: pd.DataFrame, references: dict[str, Any],
+                  command: str) -> tuple[Path, Path]:
+    """results.json/.md and plots from the finished runs (in plan order), saying which are still pending."""
     from deft.report import write_experiment_report
 
+    records = [finished[run.key] for run in runs if run.key in finished]
+
+    evaluated = len(users) if cfg.evaluation.max_users is None else min(len(users), cfg.evaluation.max_users)
     stage_costs = pipe.run.stage_costs()
-    summary = summarise(records, cfg, stage_costs, names)
-    comparisons = compare(pipe.run.root, records, cfg)
+    pending = [run for run in runs if run.key not in finished]
+    left = remaining_seconds(records, pending, len(pool.samples))
+    status = {"finished": len(records), "planned": len(runs), "pending": [run.key for run in pending],
+              "estimated_remaining_s": None if left is None or not pending else round(left)}
     payload = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M"), "config": to_dict(cfg),
-               "pool_size": len(pool.samples), "test_users": evaluated, "runs": records, "summary": summary, "comparisons": comparisons,
-               "references": references, "shared_stages": stage_costs}
+               "pool_size": len(pool.samples), "test_users": evaluated, "status": status, "runs": records,
+               "summary": summarise(records, cfg, stage_costs, names),
+               "comparisons": compare(pipe.run.root, records, cfg), "references": references,
+               "shared_stages": stage_costs}
     pipe.run.write_manifest(config=to_dict(cfg), data_fingerprint=pool.data_fingerprint,
-                            counts={"pool": len(pool.samples), "runs": len(records), "test_users": evaluated})
-    json_path, md_path = write_experiment_report(pipe.run.root, payload)
-    return ExperimentResult(json_path, md_path, records)
+                            counts={"pool": len(pool.samples), "runs": len(records), "planned_runs": len(runs),
+                                    "test_users": evaluated})
+    return write_experiment_report(pipe.run.root, payload)
 
 
 def _valid_and_test(pipe: Pipeline, pool: Pool) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -98,6 +147,22 @@ def _valid_and_test(pipe: Pipeline, pool: Pool) -> tuple[pd.DataFrame, pd.DataFr
     return valid, users
 
 
+def _cached_record(pipe: Pipeline, pool: Pool, run: ArmRun) -> dict[str, Any] | None:
+    """The run's finished record if it was made with these settings; a record from other settings is an error
+    unless ``--overwrite`` (then it is recomputed)."""
+    record_path = pipe.run.path("arms", run.key) / "record.json"
+    if not record_path.is_file():
+        return None
+    record, fp = read_json(record_path), _arm_fingerprint(pipe, pool, run)
+    if record.get("fingerprint") == fp:
+        return record
+    if not pipe.run.overwrite:
+        raise ArtifactMismatchError(
+            f"arm {run.key} in {pipe.run.root} was made with fingerprint {record.get('fingerprint')}, these "
+            f"settings give {fp}; use --overwrite to replace it or choose another --out", file=record_path)
+    return None
+
+
 def _run_arm(pipe: Pipeline, pool: Pool, scores: pd.DataFrame, valid: pd.DataFrame, users: pd.DataFrame,
              run: ArmRun) -> dict[str, Any]:
     from deft.evaluation import evaluate
@@ -107,14 +172,6 @@ def _run_arm(pipe: Pipeline, pool: Pool, scores: pd.DataFrame, valid: pd.DataFra
     arm_dir = pipe.run.path("arms", run.key)
     fp = _arm_fingerprint(pipe, pool, run)
     record_path = arm_dir / "record.json"
-    if record_path.is_file():
-        record = read_json(record_path)
-        if record.get("fingerprint") == fp:
-            return record
-        if not pipe.run.overwrite:
-            raise ArtifactMismatchError(
-                f"arm {run.key} in {pipe.run.root} was made with fingerprint {record.get('fingerprint')}, these "
-                f"settings give {fp}; use --overwrite to replace it or choose another --out")
     with measure() as select_cost:
         if run.arm == "full":
             indices = np.arange(len(pool.samples))

@@ -442,6 +442,17 @@ def verdict(summary: list[dict[str, Any]], comparisons: list[dict[str, Any]]) ->
     return out
 
 
+def status_lines(status: dict[str, Any] | None) -> list[str]:
+    """A banner for an experiment that is still running or was interrupted (empty when every run finished)."""
+    if not status or not status.get("pending"):
+        return []
+    left = status.get("estimated_remaining_s")
+    eta = "" if left is None else f" About {left / 3600:.1f} h of compute left at the pace so far."
+    return [f"> **Partial results: {status['finished']} of {status['planned']} runs finished.** Every table, "
+            f"plot and verdict below covers only those; re-run the same command to resume.{eta} "
+            f"Pending: {', '.join(status['pending'])}.", ""]
+
+
 def plot_metric_by_arm(summary: list[dict[str, Any]], path: Path, metric: str = "ndcg@10",
                        references: dict[str, Any] | None = None) -> None:
     """Grouped bars: one group per arm, one bar per budget, error bars = std over seeds."""
@@ -514,6 +525,7 @@ def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[
         f"- machine: {machine.get('cpu')} ({machine.get('cores')} cores){', GPU ' + machine['gpu'] if machine.get('gpu') else ''}",
         f"- pool: {payload['pool_size']} samples; test users: {payload['test_users']}",
         "",
+        *status_lines(payload.get("status")),
         "## Verdict",
         "",
         *([f"- {line}" for line in verdict(summary, comparisons)] or ["- no `dealrec` arm in this experiment."]),

@@ -59,3 +59,42 @@ def test_changed_training_setting_is_refused_without_overwrite(experiment, tmp_p
     assert result.exit_code == 1
     assert "--overwrite" in result.output.strip().splitlines()[-1]
     assert {p: p.stat().st_mtime_ns for p in experiment.glob("arms/*/record.json")} == records
+
+
+class MachineGone(Exception):
+    pass
+
+
+def test_interrupted_experiment_reports_what_finished_and_resumes(tmp_path, monkeypatch):
+    import deft.experiment as experiment_module
+
+    out = tmp_path / "run"
+    real_run_arm = experiment_module._run_arm
+    calls = []
+
+    def run_arm_then_stop(*args, **kwargs):
+        if len(calls) == 2:
+            raise MachineGone  # during the third run
+        calls.append(args[-1].key)
+        return real_run_arm(*args, **kwargs)
+
+    monkeypatch.setattr(experiment_module, "_run_arm", run_arm_then_stop)
+    with pytest.raises(MachineGone):
+        CliRunner().invoke(app, ["--quiet", "bench", "tiny", "--out", str(out)], catch_exceptions=False)
+    # Headline order: random and dealrec before the full pool.
+    assert calls == ["random-6-s0", "dealrec-6-s0"]
+    partial = json.loads((out / "results.json").read_text())
+    assert partial["status"] == {"finished": 2, "planned": 3, "pending": ["full-all-s0"],
+                                 "estimated_remaining_s": partial["status"]["estimated_remaining_s"]}
+    assert partial["status"]["estimated_remaining_s"] > 0
+    assert [r["key"] for r in partial["runs"]] == calls
+    assert "Partial results: 2 of 3 runs finished" in (out / "results.md").read_text()
+
+    calls.clear()
+    monkeypatch.setattr(experiment_module, "_run_arm", lambda *a, **k: calls.append(a[-1].key) or real_run_arm(*a, **k))
+    result = CliRunner().invoke(app, ["--quiet", "bench", "tiny", "--out", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert calls == ["full-all-s0"]  # the two finished runs are read, not recomputed
+    final = json.loads((out / "results.json").read_text())
+    assert final["status"]["pending"] == [] and len(final["runs"]) == 3
+    assert "Partial results" not in (out / "results.md").read_text()

@@ -184,3 +184,13 @@ def test_spearman_matches_scipy_with_ties() -> None:
     a, b = rng.integers(0, 5, size=300).astype(float), rng.normal(size=300)
     assert spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic)
     assert np.isnan(spearman(np.ones(5), b[:5]))
+
+
+def test_status_banner_only_while_runs_are_pending():
+    from deft.report import status_lines
+
+    assert status_lines(None) == []
+    assert status_lines({"finished": 3, "planned": 3, "pending": []}) == []
+    lines = status_lines({"finished": 1, "planned": 3, "pending": ["full-all-s0", "grand-6-s0"],
+                          "estimated_remaining_s": 7200})
+    assert "1 of 3 runs finished" in lines[0] and "2.0 h" in lines[0] and "full-all-s0, grand-6-s0" in lines[0]

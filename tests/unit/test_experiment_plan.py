@@ -1,0 +1,35 @@
+"""The experiment's run order (headline comparison first) and its remaining-time estimate."""
+
+from deft.config import from_dict
+from deft.experiment import ArmRun, plan_runs, remaining_seconds
+
+
+def _cfg(**experiment):
+    return from_dict({"experiment": experiment})
+
+
+def test_headline_runs_come_first_seed_by_seed():
+    cfg = _cfg(arms=["full", "random", "grand", "dealrec"], budgets=[256, 512], seeds=[0, 1], full_seeds=[0])
+    keys = [run.key for run in plan_runs(cfg, 10_000)]
+    assert keys == [
+        "random-256-s0", "dealrec-256-s0", "random-512-s0", "dealrec-512-s0", "full-all-s0",
+        "grand-256-s0", "grand-512-s0",
+        "random-256-s1", "dealrec-256-s1", "random-512-s1", "dealrec-512-s1", "grand-256-s1", "grand-512-s1",
+    ]
+
+
+def test_every_planned_run_once_including_full_seeds_outside_the_pruned_seeds():
+    cfg = _cfg(arms=["full", "random", "el2n"], budgets=["10%"], seeds=[0, 1], full_seeds=[0, 5])
+    runs = plan_runs(cfg, 1_000)
+    keys = [run.key for run in runs]
+    assert len(keys) == len(set(keys)) == 2 * 2 + 2
+    assert keys[-1] == "full-all-s5" and "random-100-s1" in keys
+
+
+def test_remaining_estimate_scales_training_by_samples():
+    done = [{"samples": 100, "train": {"wall_s": 50.0}, "eval": {"wall_s": 10.0}},
+            {"samples": 300, "train": {"wall_s": 150.0}, "eval": {"wall_s": 30.0}}]
+    pending = [ArmRun("random", 200, 1), ArmRun("full", None, 0)]
+    # 0.5 s per sample, 20 s per evaluation: (20 + 100) + (20 + 0.5 * 1000)
+    assert remaining_seconds(done, pending, pool_size=1_000) == 640.0
+    assert remaining_seconds([], pending, pool_size=1_000) is None
