@@ -309,13 +309,18 @@ class RunDir:
 
     @contextmanager
     def stage(self, name: str, fp: str, **info: Any) -> Iterator[StageCost]:
-        """Run a stage: measure it, and mark it done only if the block completes."""
+        """Run a stage: measure it, and mark it done only if the block completes.
+
+        A stage that resumed work saved by an earlier, interrupted run reports those seconds in
+        ``cost.extra["earlier_wall_s"]``; they are added to ``wall_s`` so the ledger charges the whole stage.
+        """
         with measure() as cost:
             yield cost
-        meta = {"stage": name, "fingerprint": fp, "done": True, "wall_s": cost.wall_s, "peak_mb": cost.peak_mb,
+        wall_s = round(cost.wall_s + float(cost.extra.get("earlier_wall_s", 0.0)), 3)
+        meta = {"stage": name, "fingerprint": fp, "done": True, "wall_s": wall_s, "peak_mb": cost.peak_mb,
                 **cost.extra, **info, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_json(self._meta_path(name), meta)
-        log.info("stage %s done in %.1f s (peak %.0f MB)", name, cost.wall_s, cost.peak_mb)
+        log.info("stage %s done in %.1f s (peak %.0f MB)", name, wall_s, cost.peak_mb)
 
     def stage_costs(self) -> dict[str, dict[str, Any]]:
         out = {}

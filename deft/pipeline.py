@@ -229,7 +229,11 @@ class Pipeline:
             frame = compute_effort(self.llm(), pool.samples, self.cfg.lora, self.cfg.effort,
                                    out_dir=self.run.path("effort"), seed=self.cfg.selection.seed,
                                    progress=self.progress)
-            return frame, {}
+            resumed = frame.attrs.get("resumed", {})
+            info = {"resumed_shards": resumed.get("shards", 0), "earlier_wall_s": resumed.get("earlier_wall_s", 0.0)}
+            if resumed.get("untimed_shards_samples"):
+                info["estimated_samples"] = resumed["untimed_shards_samples"]  # shards saved without a timing
+            return frame, info
         raise DeftError(f"unknown score stage {stage!r}")
 
     # ------------------------------------------------------------------------------------------- selection

@@ -256,8 +256,21 @@ class _ShardStore:
                                         file=path)
         return frame
 
-    def save(self, index: int, frame: pd.DataFrame) -> None:
+    def save(self, index: int, frame: pd.DataFrame, wall_s: float) -> None:
         write_parquet(self._path(index), frame)
+        write_json(self._path(index).with_suffix(".json"), {"wall_s": round(wall_s, 3), "samples": len(frame)})
+
+    def wall_s(self, index: int) -> float | None:
+        """Seconds the shard took when it was computed (None for shards saved without a timing)."""
+        path = self._path(index).with_suffix(".json")
+        return float(read_json(path)["wall_s"]) if path.is_file() else None
+
+
+def _earlier_seconds(timed_s: float, timed_n: int, untimed_n: int, computed_s: float, computed_n: int) -> float:
+    """Compute seconds spent on resumed shards in earlier runs, so the cost ledger charges the whole stage.
+    Shards saved without a timing are charged at the mean rate of every timed shard."""
+    rate = (timed_s + computed_s) / max(1, timed_n + computed_n)
+    return timed_s + untimed_n * rate
 
 
 # ----------------------------------------------------------------------------------------------- runs
@@ -294,8 +307,9 @@ def compute_effort(loaded: LoadedModel, samples: pd.DataFrame, lora_cfg: LoraCon
 
     A fresh LoRA (``lora_cfg``, initialised with ``seed``) is attached for the run and removed afterwards.
     With ``out_dir``, finished shards of ``effort_cfg.shard_size`` samples (in length-sorted order) are written to
-    ``out_dir/effort_shards/`` and a rerun resumes from them; shards from other inputs or settings are an
-    :class:`ArtifactMismatchError` unless ``overwrite``.
+    ``out_dir/effort_shards/`` with their compute time, and a rerun resumes from them; shards from other
+    inputs or settings are an :class:`ArtifactMismatchError` unless ``overwrite``. ``result.attrs["resumed"]``
+    says how many shards were resumed and the seconds they took in earlier runs (``earlier_wall_s``).
     """
     _check_samples(samples)
     encoded = encode_samples(loaded.tokenizer, samples, effort_cfg.loss_on)
@@ -310,6 +324,8 @@ def compute_effort(loaded: LoadedModel, samples: pd.DataFrame, lora_cfg: LoraCon
     peft_model = attach_lora(loaded, lora_cfg, seed)
     capture = None
     frames = []
+    timing = dict.fromkeys(("timed_s", "computed_s"), 0.0) | dict.fromkeys(
+        ("timed_n", "untimed_n", "computed_n", "resumed_shards"), 0)
     try:
         peft_model.requires_grad_(False)  # gradients reach only the φ outputs (see _Capture)
         capture = _Capture(effort_modules(peft_model, effort_cfg.params))
@@ -318,18 +334,35 @@ def compute_effort(loaded: LoadedModel, samples: pd.DataFrame, lora_cfg: LoraCon
                 ids = samples["sample_id"].iloc[shard].tolist()
                 frame = store.load(index, ids) if store is not None else None
                 if frame is None:
+                    start = time.perf_counter()
                     frame = _score_shard(peft_model, capture, loaded, samples, shard, encoded, ifd_encoded,
                                          effort_cfg.batch_size, bar)
+                    took = time.perf_counter() - start
+                    timing["computed_s"] += took
+                    timing["computed_n"] += len(shard)
                     if store is not None:
-                        store.save(index, frame)
+                        store.save(index, frame, took)
                 else:
                     bar.update(len(shard))
+                    earlier = store.wall_s(index) if store is not None else None
+                    timing["resumed_shards"] += 1
+                    if earlier is None:
+                        timing["untimed_n"] += len(shard)
+                    else:
+                        timing["timed_s"] += earlier
+                        timing["timed_n"] += len(shard)
                 frames.append(frame)
     finally:
         if capture is not None:
             capture.remove()
         detach_lora(peft_model)
-    return _in_input_order(frames, shards)
+    result = _in_input_order(frames, shards)
+    # How much of the stage ran before this call (resumed shards), for the cost ledger.
+    result.attrs["resumed"] = {
+        "shards": timing["resumed_shards"], "untimed_shards_samples": timing["untimed_n"],
+        "earlier_wall_s": round(_earlier_seconds(timing["timed_s"], timing["timed_n"], timing["untimed_n"],
+                                                 timing["computed_s"], timing["computed_n"]), 3)}
+    return result
 
 
 def _in_input_order(frames: list[pd.DataFrame], shards: list[list[int]]) -> pd.DataFrame:

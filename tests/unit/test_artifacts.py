@@ -89,3 +89,11 @@ def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
     dest.rename(tmp_path / "adapter.old")  # a crash between the two renames
     assert existing_dir(dest) == tmp_path / "adapter.old"
+
+
+def test_stage_resumed_from_an_earlier_run_is_charged_in_full(tmp_path):
+    run = RunDir(tmp_path)
+    with run.stage("effort", "fp") as cost:
+        cost.extra["earlier_wall_s"] = 120.0  # shards an interrupted run computed before
+    assert cost.wall_s < 1
+    assert run.stage_costs()["effort"]["wall_s"] == round(120.0 + cost.wall_s, 3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -178,6 +179,16 @@ def test_interrupted_run_resumes_to_identical_results(tiny, samples, tmp_path, m
     resumed = compute_effort(tiny, samples, LoraConfig(), cfg, tmp_path / "cut", progress=False)
     assert sum(scored) == 4  # the finished shard of 2 samples was read, not recomputed
     pd.testing.assert_frame_equal(resumed, reference)
+    # The ledger charges the resumed shard with the seconds it took when it was computed.
+    first = json.loads((tmp_path / "cut" / "effort_shards" / "shard-00000.json").read_text())
+    assert first["samples"] == 2 and first["wall_s"] > 0
+    assert resumed.attrs["resumed"] == {"shards": 1, "untimed_shards_samples": 0, "earlier_wall_s": first["wall_s"]}
+    assert reference.attrs["resumed"]["shards"] == 0 and reference.attrs["resumed"]["earlier_wall_s"] == 0
+
+
+def test_shards_saved_without_timing_are_charged_at_the_mean_rate():
+    # 2 timed samples took 4 s and 2 computed now took 2 s: 1.5 s per sample for the 3 untimed ones.
+    assert effort._earlier_seconds(4.0, 2, 3, 2.0, 2) == 4.0 + 3 * 1.5
 
 
 def test_shards_from_other_settings_are_refused(tiny, samples, tmp_path):
