@@ -1,82 +1,21 @@
-"""What a person reads: Markdown snippets and PNG plots.
-
-Two parts, kept apart: shared helpers (Markdown tables, atomic PNG saves) and the **prune report** (score
-distribution with strata, coverage of users / items / popularity deciles, agreement between scores, stage
-costs). Experiment tables (arms x budgets x seeds) belong in their own section below the prune report.
-
-Every function takes plain data (numpy arrays, DataFrames, dicts), writes at most one file, and returns a
-Markdown snippet or a table. Plots use matplotlib's object API on an Agg canvas: no pyplot, no global backend
-switch, no windows. PNGs are written to a temporary file and renamed, so a crash never leaves half an image.
-"""
+"""The prune report: score distribution with strata, coverage of users / items / popularity deciles,
+agreement between scores, stage costs."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from deft.artifacts import atomic_path, machine_info, write_json, write_text
+from deft.artifacts import write_text
+from deft.report.common import fmt, markdown_table, new_figure, save_figure, spearman
 from deft.scores.combine import average_ranks, check_score
 from deft.selection import Selection, pool_strata
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
 HEXBIN_ABOVE = 5000  # scatter plots switch to hexbin above this many points (overplotting hides density)
-
-# ----------------------------------------------------------------------------------------------- shared helpers
-
-
-def _figure(width: float = 7.0, height: float = 4.0) -> Figure:
-    # Imported lazily: building tables and Markdown should not pay matplotlib's import time.
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def save_figure(fig: Figure, path: str | Path, title: str) -> str:
-    """Write ``fig`` as a PNG atomically and return the Markdown image link (relative to the PNG's folder)."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    return f"![{title}]({path.name})"
-
-
-def fmt(value: Any) -> str:
-    """One cell: integers as is, floats to 4 significant digits, missing values as a dash."""
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
-        return "–"
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        return f"{float(value):.4g}"
-    return str(value)
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub-flavoured Markdown table; cells go through :func:`fmt`."""
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman correlation (Pearson of average ranks); NaN when either side is constant or n < 2."""
-    if len(a) < 2:
-        return float("nan")
-    ra, rb = average_ranks(a), average_ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denom = math.sqrt(float(ra @ ra) * float(rb @ rb))
-    return float(ra @ rb) / denom if denom > 0 else float("nan")
-
-
-# ----------------------------------------------------------------------------------------------- prune report
 
 
 def plot_score_distribution(scores: np.ndarray, selection: Selection, path: str | Path,
@@ -86,7 +25,7 @@ def plot_score_distribution(scores: np.ndarray, selection: Selection, path: str 
     s = check_score(scores, "selection score")
     if s.size != selection.params["n"]:
         raise ValueError(f"scores have {s.size} values, the selection was made over {selection.params['n']}")
-    fig = _figure()
+    fig = new_figure()
     ax = fig.subplots()
     bins = np.linspace(s.min(), s.max(), 81) if s.max() > s.min() else 10
     ax.hist(s, bins=bins, color="0.7", label=f"pool (n={s.size})")
@@ -155,7 +94,7 @@ def plot_coverage(table: pd.DataFrame, path: str | Path, title: str = "Coverage 
     """Bars per popularity decile: share of pool samples vs share of coreset samples (from coverage_table)."""
     dec = table[table["decile"].notna()]
     x = dec["decile"].to_numpy(dtype=int)
-    fig = _figure()
+    fig = new_figure()
     ax = fig.subplots()
     ax.bar(x - 0.2, dec["pool_share"], width=0.4, color="0.6", label="pool")
     ax.bar(x + 0.2, dec["coreset_share"], width=0.4, color="tab:orange", label="coreset")
@@ -207,7 +146,7 @@ def plot_score_agreement(scores: Mapping[str, np.ndarray], path: str | Path, *,
     a, b = check_score(scores[na], na), check_score(scores[nb], nb)
     qa, qb = average_ranks(a) / max(a.size - 1, 1), average_ranks(b) / max(b.size - 1, 1)
     title = title or f"{na} vs {nb} (Spearman {spearman(a, b):.3f})"
-    fig = _figure(5.0, 4.5)
+    fig = new_figure(5.0, 4.5)
     ax = fig.subplots()
     if a.size > HEXBIN_ABOVE:
         art = ax.hexbin(qa, qb, gridsize=50, mincnt=1, cmap="viridis")
@@ -227,7 +166,7 @@ def plot_stage_costs(costs: Mapping[str, Mapping[str, float]], path: str | Path,
         raise ValueError("plot_stage_costs needs at least one stage, got none")
     stages = list(costs)
     wall = [float(costs[s].get("wall_s", 0.0)) for s in stages]
-    fig = _figure(7.0, 1.0 + 0.4 * len(stages))
+    fig = new_figure(7.0, 1.0 + 0.4 * len(stages))
     ax = fig.subplots()
     bars = ax.barh(stages, wall, color="tab:blue")
     labels = [f"{w:.1f} s, {fmt(costs[s].get('peak_mb'))} MB" for s, w in zip(stages, wall, strict=True)]
@@ -371,195 +310,3 @@ def _surrogate_metrics(report: Any) -> list[tuple[str, dict[str, float]]]:
     return [(n, m) for n, m in out if m]
 
 
-# ----------------------------------------------------------------------------------------------- experiment tables
-
-
-def _pm(row: dict[str, Any], metric: str) -> str:
-    if metric not in row:
-        return "–"
-    std = row.get(f"{metric}_std", 0.0)
-    return f"{row[metric]:.4f} ± {std:.4f}" if row.get("seeds", 1) > 1 else f"{row[metric]:.4f}"
-
-
-def _budget_label(budget: Any) -> str:
-    return "all" if budget is None else str(budget)
-
-
-def experiment_table(summary: list[dict[str, Any]], ks: list[int]) -> str:
-    metrics = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")]
-    head = ["arm", "budget", "seeds", *metrics, "epochs", "scoring s", "training s", "eval s", "peak MB",
-            "pruning+training / full"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in summary:
-        frac = row.get("fraction_of_full")
-        cells = [row["arm"], _budget_label(row["budget"]), str(row["seeds"]), *[_pm(row, m) for m in metrics],
-                 ",".join(map(str, row["epochs"])), f"{row['scoring_s']:.1f}", f"{row['train_s']:.1f}",
-                 f"{row['eval_s']:.1f}", f"{row['peak_mb']:.0f}",
-                 "–" if frac is None else f"{100 * frac:.1f}%"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def comparison_table(comparisons: list[dict[str, Any]]) -> str:
-    if not comparisons:
-        return "_no paired comparisons (needs a `random` or `full` arm)_"
-    lines = ["| arm | budget | against | mean difference of NDCG@10 | 95% interval | two-sided p |",
-             "|---|---|---|---|---|---|"]
-    for c in comparisons:
-        lines.append(f"| {c['arm']} | {_budget_label(c['budget'])} | {c['against']} | {c['mean_diff']:+.4f} | "
-                     f"[{c['lo']:+.4f}, {c['hi']:+.4f}] | {c.get('p_value', float('nan')):.3f} |")
-    return "\n".join(lines)
-
-
-def verdict(summary: list[dict[str, Any]], comparisons: list[dict[str, Any]]) -> list[str]:
-    """One plain sentence per budget: does dealrec beat random and match full on NDCG@10, at what cost?"""
-    rows = {(r["arm"], r["budget"]): r for r in summary}
-    full = next((r for r in summary if r["arm"] == "full"), None)
-    out = []
-    for (arm, budget), row in rows.items():
-        if arm != "dealrec":
-            continue
-        parts = [f"budget {budget}: dealrec NDCG@10 {row['ndcg@10']:.4f}"]
-        rnd = rows.get(("random", budget))
-        if rnd is not None:
-            ci = next((c for c in comparisons if c["arm"] == "dealrec" and c["budget"] == budget
-                       and c["against"] == "random"), None)
-            sig = "" if ci is None else (" (interval excludes 0)" if ci["lo"] > 0 or ci["hi"] < 0
-                                         else " (interval includes 0: not a clear difference)")
-            word = "beats" if row["ndcg@10"] > rnd["ndcg@10"] else "does NOT beat"
-            parts.append(f"{word} random ({rnd['ndcg@10']:.4f}){sig}")
-        if full is not None:
-            word = "matches or beats" if row["ndcg@10"] >= full["ndcg@10"] else "falls short of"
-            parts.append(f"{word} full ({full['ndcg@10']:.4f})")
-        if row.get("fraction_of_full") is not None:
-            parts.append(f"at {100 * row['fraction_of_full']:.1f}% of the full arm's fine-tuning time")
-        others = [r for (a, b), r in rows.items() if b == budget and a not in ("dealrec", "random", "full")]
-        if others:
-            best = max(others, key=lambda r: r["ndcg@10"])
-            word = "beats" if row["ndcg@10"] > best["ndcg@10"] else "does NOT beat"
-            parts.append(f"{word} the best other baseline ({best['arm']}, {best['ndcg@10']:.4f})")
-        out.append("; ".join(parts) + ".")
-    return out
-
-
-def status_lines(status: dict[str, Any] | None) -> list[str]:
-    """A banner for an experiment that is still running or was interrupted (empty when every run finished)."""
-    if not status or not status.get("pending"):
-        return []
-    left = status.get("estimated_remaining_s")
-    eta = "" if left is None else f" About {left / 3600:.1f} h of compute left at the pace so far."
-    return [f"> **Partial results: {status['finished']} of {status['planned']} runs finished.** Every table, "
-            f"plot and verdict below covers only those; re-run the same command to resume.{eta} "
-            f"Pending: {', '.join(status['pending'])}.", ""]
-
-
-def plot_metric_by_arm(summary: list[dict[str, Any]], path: Path, metric: str = "ndcg@10",
-                       references: dict[str, Any] | None = None) -> None:
-    """Grouped bars: one group per arm, one bar per budget, error bars = std over seeds."""
-    arms = list(dict.fromkeys(r["arm"] for r in summary if r["arm"] != "full"))  # full is the dashed line
-    budgets = list(dict.fromkeys(r["budget"] for r in summary if r["budget"] is not None))
-    fig = _figure(max(6.0, 0.9 * len(arms) + 2), 4)
-    ax = fig.subplots()
-    width = 0.8 / max(1, len(budgets))
-    for j, budget in enumerate(budgets):
-        xs, ys, es = [], [], []
-        for i, arm in enumerate(arms):
-            row = next((r for r in summary if r["arm"] == arm and r["budget"] == budget), None)
-            if row is not None and metric in row:
-                xs.append(i + (j - (len(budgets) - 1) / 2) * width)
-                ys.append(row[metric])
-                es.append(row.get(f"{metric}_std", 0.0))
-        ax.bar(xs, ys, width, yerr=es, capsize=3, label=f"budget {budget}")
-    full = next((r for r in summary if r["arm"] == "full"), None)
-    if full is not None:
-        ax.axhline(full[metric], color="black", ls="--", lw=1, label="full pool")
-    for name, ref in (references or {}).items():
-        if isinstance(ref, dict) and metric in ref:
-            ax.axhline(ref[metric], ls=":", lw=1, color="grey")
-            ax.text(-0.45, ref[metric], name, fontsize=7, va="bottom", ha="left", color="grey")
-    ax.set_xticks(range(len(arms)), arms, rotation=30, ha="right")
-    ax.set_ylabel(metric.upper())
-    ax.set_title(f"{metric.upper()} by arm and budget (mean ± std over seeds)")
-    ax.legend(fontsize=8)
-    save_figure(fig, path, metric)
-
-
-def plot_cost_by_arm(summary: list[dict[str, Any]], path: Path) -> None:
-    """Stacked bars: scoring and training seconds for each arm-budget."""
-    labels = [f"{r['arm']}\n{_budget_label(r['budget'])}" for r in summary]
-    scoring = [r["scoring_s"] for r in summary]
-    training = [r["train_s"] for r in summary]
-    fig = _figure(max(6.0, 0.6 * len(labels) + 2), 4)
-    ax = fig.subplots()
-    ax.bar(labels, scoring, label="scoring (surrogate + scores)")
-    ax.bar(labels, training, bottom=scoring, label="LoRA fine-tuning")
-    ax.set_ylabel("wall time (s)")
-    ax.set_yscale("log")
-    ax.set_title("Cost of pruning + fine-tuning per arm")
-    ax.tick_params(axis="x", labelsize=7)
-    ax.legend(fontsize=8)
-    save_figure(fig, path, "cost")
-
-
-def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[Path, Path]:
-    """results.json (everything) and results.md (tables, verdict, cost ledger, plots) in ``root``."""
-    root = Path(root)
-    summary, comparisons = payload["summary"], payload["comparisons"]
-    ks = payload["config"]["evaluation"]["ks"]
-    plot_metric_by_arm(summary, root / "ndcg_by_arm.png", f"ndcg@{ks[0]}", payload.get("references"))
-    plot_cost_by_arm(summary, root / "cost_by_arm.png")
-    json_path = root / "results.json"
-    write_json(json_path, payload)
-    machine = payload.get("machine") or machine_info()
-    refs = payload.get("references") or {}
-    ref_lines = [f"| {name} | " + " | ".join(f"{ref.get(f'{m}@{k}', float('nan')):.4f}"
-                                             for k in ks for m in ("recall", "ndcg")) + " |"
-                 for name, ref in refs.items() if isinstance(ref, dict)]
-    stage_lines = [f"| {name} | {c.get('wall_s', 0):.1f} | {c.get('peak_mb', 0):.0f} |"
-                   for name, c in payload.get("shared_stages", {}).items()]
-    md = [
-        "# Experiment results",
-        "",
-        f"- command: `{payload.get('command') or 'deft run'}`",
-        f"- date: {payload['date']}",
-        f"- machine: {machine.get('cpu')} ({machine.get('cores')} cores){', GPU ' + machine['gpu'] if machine.get('gpu') else ''}",
-        f"- pool: {payload['pool_size']} samples; test users: {payload['test_users']}",
-        "",
-        *status_lines(payload.get("status")),
-        "## Verdict",
-        "",
-        *([f"- {line}" for line in verdict(summary, comparisons)] or ["- no `dealrec` arm in this experiment."]),
-        "",
-        "## Quality and cost (mean ± std over seeds)",
-        "",
-        experiment_table(summary, ks),
-        "",
-        "`pruning+training / full` = (scoring stages the arm needs + selection + fine-tuning) / the `full` arm's "
-        "fine-tuning time, measured in this run on this machine.",
-        "",
-        "![NDCG by arm](ndcg_by_arm.png)",
-        "",
-        "## Paired bootstrap (per-user NDCG@10, mean over seeds)",
-        "",
-        comparison_table(comparisons),
-        "",
-        "## Non-LLM references (full ranking over all items)",
-        "",
-        f"Computed on every test user of the split; the LLM arms above on the first {payload['test_users']}.",
-        "",
-        "| model | " + " | ".join(f"{m}@{k}" for k in ks for m in ("recall", "ndcg")) + " |",
-        "|---|" + "---|" * (2 * len(ks)),
-        *ref_lines,
-        "",
-        "## Cost ledger: shared stages",
-        "",
-        "| stage | wall s | peak MB |",
-        "|---|---|---|",
-        *stage_lines,
-        "",
-        "![cost by arm](cost_by_arm.png)",
-        "",
-    ]
-    md_path = root / "results.md"
-    write_text(md_path, "\n".join(md))
-    return json_path, md_path

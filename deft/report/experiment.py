@@ -1,0 +1,201 @@
+"""The experiment report (arms x budgets x seeds): verdict, quality and cost tables, paired bootstrap,
+references, cost ledger, plots, and a banner while runs are pending."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from deft.artifacts import machine_info, write_json, write_text
+from deft.report.common import new_figure, save_figure
+
+
+def _pm(row: dict[str, Any], metric: str) -> str:
+    if metric not in row:
+        return "–"
+    std = row.get(f"{metric}_std", 0.0)
+    return f"{row[metric]:.4f} ± {std:.4f}" if row.get("seeds", 1) > 1 else f"{row[metric]:.4f}"
+
+
+def _budget_label(budget: Any) -> str:
+    return "all" if budget is None else str(budget)
+
+
+def experiment_table(summary: list[dict[str, Any]], ks: list[int]) -> str:
+    metrics = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")]
+    head = ["arm", "budget", "seeds", *metrics, "epochs", "scoring s", "training s", "eval s", "peak MB",
+            "pruning+training / full"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in summary:
+        frac = row.get("fraction_of_full")
+        cells = [row["arm"], _budget_label(row["budget"]), str(row["seeds"]), *[_pm(row, m) for m in metrics],
+                 ",".join(map(str, row["epochs"])), f"{row['scoring_s']:.1f}", f"{row['train_s']:.1f}",
+                 f"{row['eval_s']:.1f}", f"{row['peak_mb']:.0f}",
+                 "–" if frac is None else f"{100 * frac:.1f}%"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def comparison_table(comparisons: list[dict[str, Any]]) -> str:
+    if not comparisons:
+        return "_no paired comparisons (needs a `random` or `full` arm)_"
+    lines = ["| arm | budget | against | mean difference of NDCG@10 | 95% interval | two-sided p |",
+             "|---|---|---|---|---|---|"]
+    for c in comparisons:
+        lines.append(f"| {c['arm']} | {_budget_label(c['budget'])} | {c['against']} | {c['mean_diff']:+.4f} | "
+                     f"[{c['lo']:+.4f}, {c['hi']:+.4f}] | {c.get('p_value', float('nan')):.3f} |")
+    return "\n".join(lines)
+
+
+def verdict(summary: list[dict[str, Any]], comparisons: list[dict[str, Any]]) -> list[str]:
+    """One plain sentence per budget: does dealrec beat random and match full on NDCG@10, at what cost?"""
+    rows = {(r["arm"], r["budget"]): r for r in summary}
+    full = next((r for r in summary if r["arm"] == "full"), None)
+    out = []
+    for (arm, budget), row in rows.items():
+        if arm != "dealrec":
+            continue
+        parts = [f"budget {budget}: dealrec NDCG@10 {row['ndcg@10']:.4f}"]
+        rnd = rows.get(("random", budget))
+        if rnd is not None:
+            ci = next((c for c in comparisons if c["arm"] == "dealrec" and c["budget"] == budget
+                       and c["against"] == "random"), None)
+            sig = "" if ci is None else (" (interval excludes 0)" if ci["lo"] > 0 or ci["hi"] < 0
+                                         else " (interval includes 0: not a clear difference)")
+            word = "beats" if row["ndcg@10"] > rnd["ndcg@10"] else "does NOT beat"
+            parts.append(f"{word} random ({rnd['ndcg@10']:.4f}){sig}")
+        if full is not None:
+            word = "matches or beats" if row["ndcg@10"] >= full["ndcg@10"] else "falls short of"
+            parts.append(f"{word} full ({full['ndcg@10']:.4f})")
+        if row.get("fraction_of_full") is not None:
+            parts.append(f"at {100 * row['fraction_of_full']:.1f}% of the full arm's fine-tuning time")
+        others = [r for (a, b), r in rows.items() if b == budget and a not in ("dealrec", "random", "full")]
+        if others:
+            best = max(others, key=lambda r: r["ndcg@10"])
+            word = "beats" if row["ndcg@10"] > best["ndcg@10"] else "does NOT beat"
+            parts.append(f"{word} the best other baseline ({best['arm']}, {best['ndcg@10']:.4f})")
+        out.append("; ".join(parts) + ".")
+    return out
+
+
+def status_lines(status: dict[str, Any] | None) -> list[str]:
+    """A banner for an experiment that is still running or was interrupted (empty when every run finished)."""
+    if not status or not status.get("pending"):
+        return []
+    left = status.get("estimated_remaining_s")
+    eta = "" if left is None else f" About {left / 3600:.1f} h of compute left at the pace so far."
+    return [f"> **Partial results: {status['finished']} of {status['planned']} runs finished.** Every table, "
+            f"plot and verdict below covers only those; re-run the same command to resume.{eta} "
+            f"Pending: {', '.join(status['pending'])}.", ""]
+
+
+def plot_metric_by_arm(summary: list[dict[str, Any]], path: Path, metric: str = "ndcg@10",
+                       references: dict[str, Any] | None = None) -> None:
+    """Grouped bars: one group per arm, one bar per budget, error bars = std over seeds."""
+    arms = list(dict.fromkeys(r["arm"] for r in summary if r["arm"] != "full"))  # full is the dashed line
+    budgets = list(dict.fromkeys(r["budget"] for r in summary if r["budget"] is not None))
+    fig = new_figure(max(6.0, 0.9 * len(arms) + 2), 4)
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(budgets))
+    for j, budget in enumerate(budgets):
+        xs, ys, es = [], [], []
+        for i, arm in enumerate(arms):
+            row = next((r for r in summary if r["arm"] == arm and r["budget"] == budget), None)
+            if row is not None and metric in row:
+                xs.append(i + (j - (len(budgets) - 1) / 2) * width)
+                ys.append(row[metric])
+                es.append(row.get(f"{metric}_std", 0.0))
+        ax.bar(xs, ys, width, yerr=es, capsize=3, label=f"budget {budget}")
+    full = next((r for r in summary if r["arm"] == "full"), None)
+    if full is not None:
+        ax.axhline(full[metric], color="black", ls="--", lw=1, label="full pool")
+    for name, ref in (references or {}).items():
+        if isinstance(ref, dict) and metric in ref:
+            ax.axhline(ref[metric], ls=":", lw=1, color="grey")
+            ax.text(-0.45, ref[metric], name, fontsize=7, va="bottom", ha="left", color="grey")
+    ax.set_xticks(range(len(arms)), arms, rotation=30, ha="right")
+    ax.set_ylabel(metric.upper())
+    ax.set_title(f"{metric.upper()} by arm and budget (mean ± std over seeds)")
+    ax.legend(fontsize=8)
+    save_figure(fig, path, metric)
+
+
+def plot_cost_by_arm(summary: list[dict[str, Any]], path: Path) -> None:
+    """Stacked bars: scoring and training seconds for each arm-budget."""
+    labels = [f"{r['arm']}\n{_budget_label(r['budget'])}" for r in summary]
+    scoring = [r["scoring_s"] for r in summary]
+    training = [r["train_s"] for r in summary]
+    fig = new_figure(max(6.0, 0.6 * len(labels) + 2), 4)
+    ax = fig.subplots()
+    ax.bar(labels, scoring, label="scoring (surrogate + scores)")
+    ax.bar(labels, training, bottom=scoring, label="LoRA fine-tuning")
+    ax.set_ylabel("wall time (s)")
+    ax.set_yscale("log")
+    ax.set_title("Cost of pruning + fine-tuning per arm")
+    ax.tick_params(axis="x", labelsize=7)
+    ax.legend(fontsize=8)
+    save_figure(fig, path, "cost")
+
+
+def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[Path, Path]:
+    """results.json (everything) and results.md (tables, verdict, cost ledger, plots) in ``root``."""
+    root = Path(root)
+    summary, comparisons = payload["summary"], payload["comparisons"]
+    ks = payload["config"]["evaluation"]["ks"]
+    plot_metric_by_arm(summary, root / "ndcg_by_arm.png", f"ndcg@{ks[0]}", payload.get("references"))
+    plot_cost_by_arm(summary, root / "cost_by_arm.png")
+    json_path = root / "results.json"
+    write_json(json_path, payload)
+    machine = payload.get("machine") or machine_info()
+    refs = payload.get("references") or {}
+    ref_lines = [f"| {name} | " + " | ".join(f"{ref.get(f'{m}@{k}', float('nan')):.4f}"
+                                             for k in ks for m in ("recall", "ndcg")) + " |"
+                 for name, ref in refs.items() if isinstance(ref, dict)]
+    stage_lines = [f"| {name} | {c.get('wall_s', 0):.1f} | {c.get('peak_mb', 0):.0f} |"
+                   for name, c in payload.get("shared_stages", {}).items()]
+    md = [
+        "# Experiment results",
+        "",
+        f"- command: `{payload.get('command') or 'deft run'}`",
+        f"- date: {payload['date']}",
+        f"- machine: {machine.get('cpu')} ({machine.get('cores')} cores){', GPU ' + machine['gpu'] if machine.get('gpu') else ''}",
+        f"- pool: {payload['pool_size']} samples; test users: {payload['test_users']}",
+        "",
+        *status_lines(payload.get("status")),
+        "## Verdict",
+        "",
+        *([f"- {line}" for line in verdict(summary, comparisons)] or ["- no `dealrec` arm in this experiment."]),
+        "",
+        "## Quality and cost (mean ± std over seeds)",
+        "",
+        experiment_table(summary, ks),
+        "",
+        "`pruning+training / full` = (scoring stages the arm needs + selection + fine-tuning) / the `full` arm's "
+        "fine-tuning time, measured in this run on this machine.",
+        "",
+        "![NDCG by arm](ndcg_by_arm.png)",
+        "",
+        "## Paired bootstrap (per-user NDCG@10, mean over seeds)",
+        "",
+        comparison_table(comparisons),
+        "",
+        "## Non-LLM references (full ranking over all items)",
+        "",
+        f"Computed on every test user of the split; the LLM arms above on the first {payload['test_users']}.",
+        "",
+        "| model | " + " | ".join(f"{m}@{k}" for k in ks for m in ("recall", "ndcg")) + " |",
+        "|---|" + "---|" * (2 * len(ks)),
+        *ref_lines,
+        "",
+        "## Cost ledger: shared stages",
+        "",
+        "| stage | wall s | peak MB |",
+        "|---|---|---|",
+        *stage_lines,
+        "",
+        "![cost by arm](cost_by_arm.png)",
+        "",
+    ]
+    md_path = root / "results.md"
+    write_text(md_path, "\n".join(md))
+    return json_path, md_path
