@@ -304,7 +304,7 @@ class SelectionConfig:
     lambda_: float = 0.5  # weight of effort in minmax(I) + lambda * minmax(effort)
     normalization: str = "minmax"  # minmax | rank | zscore
     seed: int = 0
-    ccs_score: str = "el2n"  # the difficulty score the ccs baseline stratifies (el2n, grand or any score name)
+    ccs_score: str = "el2n"  # the difficulty score the ccs baseline stratifies: el2n, grand, loss, influence, effort
 
     def problems(self, p: str = "selection") -> list[str]:
         out: list[str] = []
@@ -316,9 +316,11 @@ class SelectionConfig:
         _number(out, f"{p}.lambda_", self.lambda_, 0.0)
         _choice(out, f"{p}.normalization", self.normalization, ("minmax", "rank", "zscore"))
         _positive_int(out, f"{p}.seed", self.seed, allow_zero=True)
-        if not isinstance(self.ccs_score, str) or not self.ccs_score:
-            out.append(f"`{p}.ccs_score` must be a score name such as 'el2n', got {self.ccs_score!r}")
+        _choice(out, f"{p}.ccs_score", self.ccs_score, SCORE_NAMES)
         return out
+
+
+SCORE_NAMES = ("influence", "effort", "grand", "el2n", "loss")  # the scores DEFT computes
 
 
 def _budget_ok(b: Any) -> bool:

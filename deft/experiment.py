@@ -19,7 +19,7 @@ import pandas as pd
 from deft.artifacts import fingerprint, measure, read_json, read_parquet, write_json
 from deft.config import DeftConfig, resolve_budget, to_dict
 from deft.errors import ArtifactMismatchError
-from deft.pipeline import METHOD_SCORES, SCORE_STAGE, Pipeline, Pool, method_stages
+from deft.pipeline import SCORE_STAGE, Pipeline, Pool, method_scores, method_stages
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,8 @@ def run_experiment(cfg: DeftConfig, out: str | Path, *, overwrite: bool = False,
                    command: str = "") -> ExperimentResult:
     pipe = Pipeline(cfg, out, overwrite=overwrite, progress=progress)
     pool = pipe.pool_from_source()
-    names = sorted({n for arm in cfg.experiment.arms for n in METHOD_SCORES.get(arm, ())})
+    ccs = cfg.selection.ccs_score
+    names = sorted({n for arm in cfg.experiment.arms for n in method_scores(arm, ccs)})
     runs = plan_runs(cfg, len(pool.samples))
     pipe.check_plan(pool, names, "random", [])
     scores = pipe.score(pool, names)
@@ -172,11 +173,14 @@ def _run_arm(pipe: Pipeline, pool: Pool, scores: pd.DataFrame, valid: pd.DataFra
     arm_dir = pipe.run.path("arms", run.key)
     fp = _arm_fingerprint(pipe, pool, run)
     record_path = arm_dir / "record.json"
+    selection = None
     with measure() as select_cost:
         if run.arm == "full":
             indices = np.arange(len(pool.samples))
         else:
-            indices = pipe.select(pool, scores, run.arm, [run.budget], seed=run.seed)[run.budget].indices
+            selection = pipe.select(pool, scores, run.arm, [run.budget], seed=run.seed)[run.budget]
+            indices = selection.indices
+    score_plot = _plot_selection(cfg, scores, run, selection, arm_dir)
     train_samples = pool.samples.iloc[indices].reset_index(drop=True)
     train_cfg = replace(cfg.training, seed=run.seed)
     with measure() as train_cost:
@@ -192,14 +196,33 @@ def _run_arm(pipe: Pipeline, pool: Pool, scores: pd.DataFrame, valid: pd.DataFra
                         "peak_mb": train_cost.peak_mb},
               "selection": {"wall_s": select_cost.wall_s, "peak_mb": select_cost.peak_mb},
               "eval": {"wall_s": evaluated.wall_s, "s_per_user": evaluated.s_per_user, "peak_mb": eval_cost.peak_mb},
-              "per_user": str((arm_dir / "eval" / "per_user.parquet").relative_to(pipe.run.root))}
+              "per_user": str((arm_dir / "eval" / "per_user.parquet").relative_to(pipe.run.root)),
+              "score_plot": None if score_plot is None else str(score_plot.relative_to(pipe.run.root))}
     write_json(record_path, record)
     return record
 
 
+def _plot_selection(cfg: DeftConfig, scores: pd.DataFrame, run: ArmRun, selection: Any,
+                    arm_dir: Path) -> Path | None:
+    """The stratified arms' picture: the selection score over the pool, its strata and the chosen samples."""
+    if selection is None or selection.edges is None:
+        return None
+    from deft.report import plot_score_distribution
+    from deft.selection import selection_score
+
+    columns = {k: scores[k].to_numpy(np.float64) for k in scores.columns if k != "sample_id"}
+    combined = selection_score(run.arm, columns, lambda_=cfg.selection.lambda_,
+                               normalization=cfg.selection.normalization, ccs_score=cfg.selection.ccs_score)
+    if combined is None:
+        return None
+    path = arm_dir / "score_distribution.png"
+    plot_score_distribution(combined, selection, path, f"{run.arm}: budget {run.budget}, seed {run.seed}")
+    return path
+
+
 def _arm_fingerprint(pipe: Pipeline, pool: Pool, run: ArmRun) -> str:
     c = pipe.cfg
-    stages = sorted({SCORE_STAGE[n] for n in METHOD_SCORES.get(run.arm, ())})
+    stages = sorted({SCORE_STAGE[n] for n in method_scores(run.arm, c.selection.ccs_score)})
     return fingerprint({"pool": pool.fingerprint, "scores": {s: pipe.stage_fp(s, pool) for s in stages},
                         "run": [run.arm, run.budget, run.seed], "selection": to_dict(c.selection),
                         "training": to_dict(c.training), "lora": to_dict(c.lora), "model": pipe.llm().fingerprint,
@@ -240,7 +263,7 @@ def summarise(records: list[dict[str, Any]], cfg: DeftConfig, stage_costs: dict[
     rows = []
     for (arm, budget), group in frame.groupby(["arm", "budget"], dropna=False, sort=False):
         scoring = sum(stage_costs.get(s, {}).get("wall_s", 0.0)
-                      for s in method_stages(arm)) if arm != "full" else 0.0
+                      for s in method_stages(arm, ccs_score=cfg.selection.ccs_score)) if arm != "full" else 0.0
         pipeline_s = scoring + group["select_s"].mean() + group["train_s"].mean()
         row = {"arm": arm, "budget": None if pd.isna(budget) else int(budget), "seeds": int(len(group)),
                "epochs": group["epochs"].tolist(), "scoring_s": round(scoring, 2),

@@ -41,10 +41,15 @@ SCORE_STAGE = {"influence": "influence", "effort": "effort", "grand": "baselines
                "loss": "loss"}
 
 
-def method_stages(method: str, names: list[str] | tuple[str, ...] | None = None) -> list[str]:
+def method_scores(method: str, ccs_score: str = "el2n") -> tuple[str, ...]:
+    """The score columns a selection method reads; ``ccs`` stratifies the configured ``selection.ccs_score``."""
+    return (ccs_score,) if method == "ccs" else METHOD_SCORES.get(method, ())
+
+
+def method_stages(method: str, names: list[str] | tuple[str, ...] | None = None, ccs_score: str = "el2n") -> list[str]:
     """The stages a method depends on: those making its scores (``names``, default the method's own), plus the
     trained surrogate when influence, loss or k-center embeddings need it (GraNd/EL2N train their own)."""
-    stages = {SCORE_STAGE[n] for n in (METHOD_SCORES.get(method, ()) if names is None else names)}
+    stages = {SCORE_STAGE[n] for n in (method_scores(method, ccs_score) if names is None else names)}
     if stages & {"influence", "loss"} or method == "kcenter":
         stages.add("surrogate")
     return sorted(stages)
@@ -248,7 +253,7 @@ class Pipeline:
         embeddings = self.sample_embeddings(pool) if method == "kcenter" else None
         return {b: sel.select(method, columns, b, strata=c.strata, hard_prune=c.hard_prune, lambda_=c.lambda_,
                               normalization=c.normalization, seed=c.seed if seed is None else seed,
-                              embeddings=embeddings)
+                              embeddings=embeddings, ccs_score=c.ccs_score)
                 for b in resolved}
 
     def sample_embeddings(self, pool: Pool) -> np.ndarray:
@@ -395,7 +400,7 @@ def run_prune(cfg: DeftConfig, out: str | Path, *, overwrite: bool = False, prog
     pipe = Pipeline(cfg, out, overwrite=overwrite, progress=progress)
     pool = pipe.pool_from_source() if samples is None else pipe.pool_from_frame(samples)
     method = cfg.selection.method
-    names = list(METHOD_SCORES[method])
+    names = list(method_scores(method, cfg.selection.ccs_score))
     budgets = [resolve_budget(b, len(pool.samples)) for b in cfg.selection.budgets]
     pipe.check_plan(pool, names, method, budgets)
     scores = pipe.score(pool, names)
@@ -455,4 +460,4 @@ def run_evaluate(cfg: DeftConfig, adapter: str | Path | None, out: str | Path, *
 
 
 __all__ = ["Pipeline", "Pool", "PruneResult", "run_prune", "run_scores", "run_train", "run_evaluate",
-           "split_from_samples", "load_samples_file", "method_stages"]
+           "split_from_samples", "load_samples_file", "method_scores", "method_stages"]

@@ -14,6 +14,8 @@ from deft.report.experiment import (
     experiment_table,
     plot_cost_by_arm,
     plot_metric_by_arm,
+    plot_metric_by_budget,
+    selection_images,
     status_lines,
     verdict,
     write_experiment_report,
@@ -32,7 +34,7 @@ from deft.report.prune import (
 
 __all__ = [
     "comparison_table", "coverage_table", "experiment_table", "fmt", "markdown_table", "plot_cost_by_arm",
-    "plot_coverage", "plot_metric_by_arm", "plot_score_agreement", "plot_score_distribution", "plot_stage_costs",
-    "popularity_deciles", "prune_report_markdown", "save_figure", "score_agreement", "spearman", "status_lines",
+    "plot_coverage", "plot_metric_by_arm", "plot_metric_by_budget", "plot_score_agreement", "plot_score_distribution", "plot_stage_costs",
+    "popularity_deciles", "prune_report_markdown", "save_figure", "score_agreement", "selection_images", "spearman", "status_lines",
     "verdict", "write_experiment_report", "write_prune_report",
 ]

@@ -120,6 +120,45 @@ def plot_metric_by_arm(summary: list[dict[str, Any]], path: Path, metric: str = 
     save_figure(fig, path, metric)
 
 
+def plot_metric_by_budget(summary: list[dict[str, Any]], path: Path, metric: str = "ndcg@10",
+                          references: dict[str, Any] | None = None) -> None:
+    """One line per arm over the budgets (error bars = std over seeds); the full pool and the non-LLM
+    references as horizontal lines."""
+    fig = new_figure(7, 4)
+    ax = fig.subplots()
+    for arm in dict.fromkeys(r["arm"] for r in summary if r["budget"] is not None):
+        rows = sorted((r for r in summary if r["arm"] == arm and r["budget"] is not None and metric in r),
+                      key=lambda r: r["budget"])
+        style = {"lw": 2.5, "zorder": 3} if arm == "dealrec" else {"lw": 1, "alpha": 0.8}
+        ax.errorbar([r["budget"] for r in rows], [r[metric] for r in rows],
+                    yerr=[r.get(f"{metric}_std", 0.0) for r in rows], marker="o", capsize=3, label=arm, **style)
+    full = next((r for r in summary if r["arm"] == "full" and metric in r), None)
+    if full is not None:
+        ax.axhline(full[metric], color="black", ls="--", lw=1, label="full pool")
+    for name, ref in (references or {}).items():
+        if isinstance(ref, dict) and metric in ref:
+            ax.axhline(ref[metric], ls=":", lw=1, color="grey")
+            ax.annotate(name, (0.01, ref[metric]), xycoords=("axes fraction", "data"), fontsize=7, color="grey",
+                        va="bottom")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("budget (samples, log scale)")
+    ax.set_ylabel(metric.upper())
+    ax.set_title(f"{metric.upper()} vs budget (mean ± std over seeds)")
+    ax.legend(fontsize=7, ncol=2)
+    save_figure(fig, path, f"{metric} vs budget")
+
+
+def selection_images(runs: list[dict[str, Any]]) -> list[str]:
+    """Markdown images of the stratified arms' score distributions (first seed of each arm and budget)."""
+    seen, lines = set(), []
+    for run in runs:
+        key = (run["arm"], run["budget"])
+        if run.get("score_plot") and key not in seen:
+            seen.add(key)
+            lines.append(f"![{run['arm']} at budget {run['budget']}]({run['score_plot']})")
+    return lines
+
+
 def plot_cost_by_arm(summary: list[dict[str, Any]], path: Path) -> None:
     """Stacked bars: scoring and training seconds for each arm-budget."""
     labels = [f"{r['arm']}\n{_budget_label(r['budget'])}" for r in summary]
@@ -143,6 +182,7 @@ def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[
     summary, comparisons = payload["summary"], payload["comparisons"]
     ks = payload["config"]["evaluation"]["ks"]
     plot_metric_by_arm(summary, root / "ndcg_by_arm.png", f"ndcg@{ks[0]}", payload.get("references"))
+    plot_metric_by_budget(summary, root / "ndcg_by_budget.png", f"ndcg@{ks[0]}", payload.get("references"))
     plot_cost_by_arm(summary, root / "cost_by_arm.png")
     json_path = root / "results.json"
     write_json(json_path, payload)
@@ -175,6 +215,8 @@ def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[
         "",
         "![NDCG by arm](ndcg_by_arm.png)",
         "",
+        "![NDCG vs budget](ndcg_by_budget.png)",
+        "",
         "## Paired bootstrap (per-user NDCG@10, mean over seeds)",
         "",
         comparison_table(comparisons),
@@ -195,6 +237,8 @@ def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[
         "",
         "![cost by arm](cost_by_arm.png)",
         "",
+        *(["## What the stratified arms chose (selection score over the pool, strata, coreset)", "",
+           *selection_images(payload["runs"]), ""] if selection_images(payload["runs"]) else []),
     ]
     md_path = root / "results.md"
     write_text(md_path, "\n".join(md))

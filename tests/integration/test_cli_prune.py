@@ -139,3 +139,21 @@ def test_score_command_writes_every_requested_column(tmp_path):
     assert {"influence", "grand", "el2n", "loss", "effort"} <= set(scores.columns)
     assert (out / "stages" / "surrogate.json").stat().st_mtime_ns == surrogate_meta
     assert json.loads((out / "manifest.json").read_text())["counts"]["pool"] == len(pool)
+
+
+def test_ccs_stratifies_the_configured_score(tmp_path):
+    config = tmp_path / "ccs.yaml"
+    config.write_text(Path(CONFIG).read_text().replace("selection:\n", "selection:\n  ccs_score: loss\n", 1))
+    out = tmp_path / "run"
+    args = ["--quiet", "prune", TINY, "--config", str(config), "--out", str(out), "--budget", "6", "--method", "ccs"]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    columns = set(pd.read_parquet(out / "scores.parquet").columns)
+    assert "loss" in columns and "el2n" not in columns  # the surrogate loss was computed, not EL2N
+
+
+def test_unknown_ccs_score_is_a_config_error(tmp_path):
+    config = tmp_path / "ccs.yaml"
+    config.write_text(Path(CONFIG).read_text().replace("selection:\n", "selection:\n  ccs_score: forgetting\n", 1))
+    result = CliRunner().invoke(app, ["prune", TINY, "--config", str(config), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "selection.ccs_score" in result.output

@@ -23,10 +23,16 @@ def experiment(tmp_path_factory):
 
 
 def test_outputs(experiment):
-    for name in ("results.json", "results.md", "ndcg_by_arm.png", "cost_by_arm.png", "manifest.json"):
+    for name in ("results.json", "results.md", "ndcg_by_arm.png", "ndcg_by_budget.png", "cost_by_arm.png",
+                 "manifest.json"):
         assert (experiment / name).is_file(), name
     text = (experiment / "results.md").read_text()
     assert "## Verdict" in text and "dealrec" in text and "Paired bootstrap" in text
+    # dealrec is stratified: its score distribution is drawn and linked; random and full have none
+    runs = {r["arm"]: r for r in json.loads((experiment / "results.json").read_text())["runs"]}
+    assert runs["random"]["score_plot"] is None and runs["full"]["score_plot"] is None
+    assert (experiment / runs["dealrec"]["score_plot"]).is_file()
+    assert f"]({runs['dealrec']['score_plot']})" in text
 
 
 def test_table_recomputable_from_per_user_results(experiment):
