@@ -360,6 +360,9 @@ class TrainingConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     schedule: str = "linear"  # linear | cosine: decay after the warm-up, to 0 at the last planned step
+    # Wall seconds between resume points inside an epoch (0: only at evaluations). Resuming is exact, so this
+    # changes no result and is left out of every fingerprint.
+    checkpoint_every_s: float = 600.0
 
     def problems(self, p: str = "training") -> list[str]:
         out: list[str] = []
@@ -373,7 +376,12 @@ class TrainingConfig:
         _choice(out, f"{p}.loss_on", self.loss_on, ("response", "prompt"))
         _positive_int(out, f"{p}.seed", self.seed, allow_zero=True)
         _choice(out, f"{p}.schedule", self.schedule, ("linear", "cosine"))
+        _number(out, f"{p}.checkpoint_every_s", self.checkpoint_every_s, 0.0)
         return out
+
+    def result_settings(self) -> dict[str, Any]:
+        """The settings that can change a trained adapter (what fingerprints hash)."""
+        return {k: v for k, v in to_dict(self).items() if k != "checkpoint_every_s"}
 
 
 @dataclass

@@ -225,7 +225,8 @@ def _arm_fingerprint(pipe: Pipeline, pool: Pool, run: ArmRun) -> str:
     stages = sorted({SCORE_STAGE[n] for n in method_scores(run.arm, c.selection.ccs_score)})
     return fingerprint({"pool": pool.fingerprint, "scores": {s: pipe.stage_fp(s, pool) for s in stages},
                         "run": [run.arm, run.budget, run.seed], "selection": to_dict(c.selection),
-                        "training": to_dict(c.training), "lora": to_dict(c.lora), "model": pipe.llm().fingerprint,
+                        "training": c.training.result_settings(), "lora": to_dict(c.lora),
+                        "model": pipe.llm().fingerprint,
                         "evaluation": to_dict(c.evaluation)})
 
 

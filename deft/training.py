@@ -3,8 +3,9 @@
 Layout of ``out_dir``::
 
     adapter/            the best adapter so far (peft ``save_pretrained``: adapter weights and config only)
-    checkpoint/         last evaluation point: adapter.safetensors, optimizer.safetensors (moments, steps and
-                        RNG states), state.json (step, position, scheduler, early-stopping state, log)
+    checkpoint/         the last resume point (each evaluation, and every ``checkpoint_every_s`` seconds inside an
+                        epoch): adapter.safetensors, optimizer.safetensors (moments, steps and RNG states),
+                        state.json (step, position, scheduler, early-stopping state, log)
     train_log.json      one entry per optimizer step: loss, lr, wall time, samples/s, validation loss if any
     loss_curve.png      training and validation loss against steps
     train_result.json   written last: the fingerprint and the :class:`TrainResult` of a finished training
@@ -227,7 +228,7 @@ def training_fingerprint(loaded: LoadedModel, train: pd.DataFrame, valid: pd.Dat
                          lora_cfg: LoraConfig, train_cfg: TrainingConfig) -> str:
     return fingerprint({"model": loaded.fingerprint, "train": frame_fingerprint(train[list(FRAME_COLUMNS)]),
                         "valid": None if valid is None else frame_fingerprint(valid[list(FRAME_COLUMNS)]),
-                        "lora": to_dict(lora_cfg), "training": to_dict(train_cfg)})
+                        "lora": to_dict(lora_cfg), "training": train_cfg.result_settings()})
 
 
 def _result_from_json(out_dir: Path, saved: dict[str, Any]) -> TrainResult:
@@ -316,6 +317,14 @@ def train_lora(loaded: LoadedModel, train: pd.DataFrame, valid: pd.DataFrame | N
         t0 = time.perf_counter() - st["wall_s"]  # wall time accumulates over resumed sessions
         last_t, last_samples = time.perf_counter(), st["samples"]
 
+        def checkpoint() -> None:
+            nonlocal last_checkpoint
+            st["wall_s"] = time.perf_counter() - t0
+            _save_checkpoint(out_dir / "checkpoint", model, optimizer,
+                             {**st, "scheduler": scheduler.state_dict()})
+            write_json(out_dir / "train_log.json", st["log"])
+            last_checkpoint = time.perf_counter()
+
         def evaluate_and_checkpoint() -> None:
             """Validation loss, best adapter, early-stopping bookkeeping, then a resumable checkpoint."""
             entry = st["log"][-1] if st["log"] else None
@@ -332,11 +341,9 @@ def train_lora(loaded: LoadedModel, train: pd.DataFrame, valid: pd.DataFrame | N
                 log.info("step %d: validation loss %.4f (best %.4f)", st["step"], loss, st["best_valid_loss"])
             else:
                 save_adapter(model, out_dir / "adapter")
-            st["wall_s"] = time.perf_counter() - t0
-            _save_checkpoint(out_dir / "checkpoint", model, optimizer,
-                             {**st, "scheduler": scheduler.state_dict()})
-            write_json(out_dir / "train_log.json", st["log"])
+            checkpoint()
 
+        last_checkpoint = time.perf_counter()
         while st["epoch"] < cfg.epochs and not st["stopped"]:
             batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, st["epoch"])
             for first in range(st["next_batch"], len(batches), cfg.grad_accum):
@@ -370,6 +377,8 @@ def train_lora(loaded: LoadedModel, train: pd.DataFrame, valid: pd.DataFrame | N
                     st["epoch"], st["next_batch"] = st["epoch"] + 1, 0
                 if st["step"] % eval_every == 0 or (end_of_epoch and st["epoch"] == cfg.epochs):
                     evaluate_and_checkpoint()
+                elif cfg.checkpoint_every_s and time.perf_counter() - last_checkpoint >= cfg.checkpoint_every_s:
+                    checkpoint()  # a resume point inside a long epoch: an interruption loses minutes, not the epoch
                 if st["stopped"] or end_of_epoch:
                     break
         bar.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 import pytest
 import torch
@@ -122,6 +124,33 @@ def test_resume_gives_the_same_adapter(tiny, tmp_path, monkeypatch):
     losses = [[e["loss"] for e in read_json(r.log_path)] for r in (straight, resumed)]
     assert losses[0] == losses[1]
     assert not (tmp_path / "b" / "checkpoint").exists()
+
+
+def test_resume_from_a_timed_checkpoint_inside_an_epoch(tiny, tmp_path, monkeypatch):
+    # Evaluation once per epoch (2 steps), but a time-based resume point after every step.
+    cfg = _cfg(epochs=2, checkpoint_every_s=1e-9)
+    straight = train_lora(tiny, _frame(), _frame(4), LoraConfig(), cfg, tmp_path / "a", progress=False)
+
+    real_save, calls = training._save_checkpoint, []
+
+    def crash_after_first(*args, **kwargs):
+        real_save(*args, **kwargs)
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_save_checkpoint", crash_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        train_lora(tiny, _frame(), _frame(4), LoraConfig(), cfg, tmp_path / "b", progress=False)
+    state = read_json(tmp_path / "b" / "checkpoint" / "state.json")
+    assert (state["step"], state["epoch"], state["next_batch"]) == (1, 0, 2)  # mid-epoch, before any evaluation
+    monkeypatch.setattr(training, "_save_checkpoint", real_save)
+    # The interval is not part of the fingerprint: resuming with another one continues the same run.
+    resumed = train_lora(tiny, _frame(), _frame(4), LoraConfig(), replace(cfg, checkpoint_every_s=0),
+                         tmp_path / "b", progress=False)
+    a = load_file(str(straight.adapter_dir / "adapter_model.safetensors"))
+    b = load_file(str(resumed.adapter_dir / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.best_valid_loss == straight.best_valid_loss
 
 
 def test_early_stopping_after_patience(tiny, tmp_path):
