@@ -176,6 +176,19 @@ def plot_cost_by_arm(summary: list[dict[str, Any]], path: Path) -> None:
     save_figure(fig, path, "cost")
 
 
+def _no_verdict(payload: dict[str, Any]) -> str:
+    pending = (payload.get("status") or {}).get("pending", [])
+    if any(key.startswith("dealrec-") for key in pending):
+        return "no `dealrec` run has finished yet."
+    return "no `dealrec` arm in this experiment."
+
+
+def _users_phrase(payload: dict[str, Any]) -> str:
+    refs = [r.get("users") for r in (payload.get("references") or {}).values() if isinstance(r, dict)]
+    n = payload["test_users"]
+    return f"all {n} of them" if refs and all(u == n for u in refs) else f"the first {n}"
+
+
 def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[Path, Path]:
     """results.json (everything) and results.md (tables, verdict, cost ledger, plots) in ``root``."""
     root = Path(root)
@@ -204,7 +217,7 @@ def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[
         *status_lines(payload.get("status")),
         "## Verdict",
         "",
-        *([f"- {line}" for line in verdict(summary, comparisons)] or ["- no `dealrec` arm in this experiment."]),
+        *([f"- {line}" for line in verdict(summary, comparisons)] or [f"- {_no_verdict(payload)}"]),
         "",
         "## Quality and cost (mean ± std over seeds)",
         "",
@@ -223,7 +236,7 @@ def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[
         "",
         "## Non-LLM references (full ranking over all items)",
         "",
-        f"Computed on every test user of the split; the LLM arms above on the first {payload['test_users']}.",
+        f"Computed on every test user of the split; the LLM arms above on {_users_phrase(payload)}.",
         "",
         "| model | " + " | ".join(f"{m}@{k}" for k in ks for m in ("recall", "ndcg")) + " |",
         "|---|" + "---|" * (2 * len(ks)),

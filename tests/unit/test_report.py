@@ -194,3 +194,12 @@ def test_status_banner_only_while_runs_are_pending():
     lines = status_lines({"finished": 1, "planned": 3, "pending": ["full-all-s0", "grand-6-s0"],
                           "estimated_remaining_s": 7200})
     assert "1 of 3 runs finished" in lines[0] and "2.0 h" in lines[0] and "full-all-s0, grand-6-s0" in lines[0]
+
+
+def test_verdict_placeholder_says_whether_dealrec_is_pending():
+    from deft.report.experiment import _no_verdict, _users_phrase
+
+    assert _no_verdict({"status": {"pending": ["dealrec-256-s0"]}}) == "no `dealrec` run has finished yet."
+    assert _no_verdict({"status": {"pending": []}}) == "no `dealrec` arm in this experiment."
+    assert _users_phrase({"test_users": 943, "references": {"sasrec": {"users": 943}}}) == "all 943 of them"
+    assert _users_phrase({"test_users": 300, "references": {"sasrec": {"users": 943}}}) == "the first 300"
