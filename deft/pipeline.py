@@ -24,7 +24,7 @@ from deft.artifacts import (
     write_jsonl,
     write_parquet,
 )
-from deft.config import DeftConfig, resolve_budget, to_dict
+from deft.config import SCORE_NAMES, DeftConfig, resolve_budget, to_dict
 from deft.data.types import Split
 from deft.errors import DeftError
 
@@ -36,9 +36,8 @@ METHOD_SCORES: dict[str, tuple[str, ...]] = {
     "effort_only": ("effort",), "ccs": ("el2n",), "grand": ("grand",), "el2n": ("el2n",), "random": (),
     "kcenter": (),
 }
-# each score's column(s) in scores.parquet and the stage that makes it
-SCORE_STAGE = {"influence": "influence", "effort": "effort", "grand": "baselines", "el2n": "baselines",
-               "loss": "loss"}
+# each score's column in scores.parquet and the stage that makes it (GraNd and EL2N come from one stage)
+SCORE_STAGE = {name: "baselines" if name in ("grand", "el2n") else name for name in SCORE_NAMES}
 
 
 def method_scores(method: str, ccs_score: str = "el2n") -> tuple[str, ...]:

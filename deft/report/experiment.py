@@ -89,6 +89,18 @@ def status_lines(status: dict[str, Any] | None) -> list[str]:
             f"Pending: {', '.join(status['pending'])}.", ""]
 
 
+def _level_lines(ax: Any, summary: list[dict[str, Any]], metric: str, references: dict[str, Any] | None) -> None:
+    """The full pool (dashed) and the non-LLM references (dotted, labelled) as horizontal lines."""
+    full = next((r for r in summary if r["arm"] == "full" and metric in r), None)
+    if full is not None:
+        ax.axhline(full[metric], color="black", ls="--", lw=1, label="full pool")
+    for name, ref in (references or {}).items():
+        if isinstance(ref, dict) and metric in ref:
+            ax.axhline(ref[metric], ls=":", lw=1, color="grey")
+            ax.annotate(name, (0.01, ref[metric]), xycoords=("axes fraction", "data"), fontsize=7, color="grey",
+                        va="bottom")
+
+
 def plot_metric_by_arm(summary: list[dict[str, Any]], path: Path, metric: str = "ndcg@10",
                        references: dict[str, Any] | None = None) -> None:
     """Grouped bars: one group per arm, one bar per budget, error bars = std over seeds."""
@@ -106,13 +118,7 @@ def plot_metric_by_arm(summary: list[dict[str, Any]], path: Path, metric: str = 
                 ys.append(row[metric])
                 es.append(row.get(f"{metric}_std", 0.0))
         ax.bar(xs, ys, width, yerr=es, capsize=3, label=f"budget {budget}")
-    full = next((r for r in summary if r["arm"] == "full"), None)
-    if full is not None:
-        ax.axhline(full[metric], color="black", ls="--", lw=1, label="full pool")
-    for name, ref in (references or {}).items():
-        if isinstance(ref, dict) and metric in ref:
-            ax.axhline(ref[metric], ls=":", lw=1, color="grey")
-            ax.text(-0.45, ref[metric], name, fontsize=7, va="bottom", ha="left", color="grey")
+    _level_lines(ax, summary, metric, references)
     ax.set_xticks(range(len(arms)), arms, rotation=30, ha="right")
     ax.set_ylabel(metric.upper())
     ax.set_title(f"{metric.upper()} by arm and budget (mean ± std over seeds)")
@@ -132,14 +138,7 @@ def plot_metric_by_budget(summary: list[dict[str, Any]], path: Path, metric: str
         style = {"lw": 2.5, "zorder": 3} if arm == "dealrec" else {"lw": 1, "alpha": 0.8}
         ax.errorbar([r["budget"] for r in rows], [r[metric] for r in rows],
                     yerr=[r.get(f"{metric}_std", 0.0) for r in rows], marker="o", capsize=3, label=arm, **style)
-    full = next((r for r in summary if r["arm"] == "full" and metric in r), None)
-    if full is not None:
-        ax.axhline(full[metric], color="black", ls="--", lw=1, label="full pool")
-    for name, ref in (references or {}).items():
-        if isinstance(ref, dict) and metric in ref:
-            ax.axhline(ref[metric], ls=":", lw=1, color="grey")
-            ax.annotate(name, (0.01, ref[metric]), xycoords=("axes fraction", "data"), fontsize=7, color="grey",
-                        va="bottom")
+    _level_lines(ax, summary, metric, references)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("budget (samples, log scale)")
     ax.set_ylabel(metric.upper())
@@ -206,6 +205,7 @@ def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[
                  for name, ref in refs.items() if isinstance(ref, dict)]
     stage_lines = [f"| {name} | {c.get('wall_s', 0):.1f} | {c.get('peak_mb', 0):.0f} |"
                    for name, c in payload.get("shared_stages", {}).items()]
+    images = selection_images(payload["runs"])
     md = [
         "# Experiment results",
         "",
@@ -251,7 +251,7 @@ def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[
         "![cost by arm](cost_by_arm.png)",
         "",
         *(["## What the stratified arms chose (selection score over the pool, strata, coreset)", "",
-           *selection_images(payload["runs"]), ""] if selection_images(payload["runs"]) else []),
+           *images, ""] if images else []),
     ]
     md_path = root / "results.md"
     write_text(md_path, "\n".join(md))

@@ -324,8 +324,8 @@ def compute_effort(loaded: LoadedModel, samples: pd.DataFrame, lora_cfg: LoraCon
     peft_model = attach_lora(loaded, lora_cfg, seed)
     capture = None
     frames = []
-    timing = dict.fromkeys(("timed_s", "computed_s"), 0.0) | dict.fromkeys(
-        ("timed_n", "untimed_n", "computed_n", "resumed_shards"), 0)
+    resumed: list[tuple[float | None, int]] = []  # (seconds it took earlier, samples) per shard read back
+    computed: list[tuple[float, int]] = []  # (seconds, samples) per shard computed now
     try:
         peft_model.requires_grad_(False)  # gradients reach only the φ outputs (see _Capture)
         capture = _Capture(effort_modules(peft_model, effort_cfg.params))
@@ -337,32 +337,30 @@ def compute_effort(loaded: LoadedModel, samples: pd.DataFrame, lora_cfg: LoraCon
                     start = time.perf_counter()
                     frame = _score_shard(peft_model, capture, loaded, samples, shard, encoded, ifd_encoded,
                                          effort_cfg.batch_size, bar)
-                    took = time.perf_counter() - start
-                    timing["computed_s"] += took
-                    timing["computed_n"] += len(shard)
+                    computed.append((time.perf_counter() - start, len(shard)))
                     if store is not None:
-                        store.save(index, frame, took)
+                        store.save(index, frame, computed[-1][0])
                 else:
                     bar.update(len(shard))
-                    earlier = store.wall_s(index) if store is not None else None
-                    timing["resumed_shards"] += 1
-                    if earlier is None:
-                        timing["untimed_n"] += len(shard)
-                    else:
-                        timing["timed_s"] += earlier
-                        timing["timed_n"] += len(shard)
+                    resumed.append((store.wall_s(index) if store is not None else None, len(shard)))
                 frames.append(frame)
     finally:
         if capture is not None:
             capture.remove()
         detach_lora(peft_model)
     result = _in_input_order(frames, shards)
-    # How much of the stage ran before this call (resumed shards), for the cost ledger.
-    result.attrs["resumed"] = {
-        "shards": timing["resumed_shards"], "untimed_shards_samples": timing["untimed_n"],
-        "earlier_wall_s": round(_earlier_seconds(timing["timed_s"], timing["timed_n"], timing["untimed_n"],
-                                                 timing["computed_s"], timing["computed_n"]), 3)}
+    result.attrs["resumed"] = _resumed_info(resumed, computed)
     return result
+
+
+def _resumed_info(resumed: list[tuple[float | None, int]], computed: list[tuple[float, int]]) -> dict[str, Any]:
+    """How much of the stage ran before this call, for the cost ledger: shards read back, the samples in those
+    saved without a timing, and the seconds the resumed shards took (see :func:`_earlier_seconds`)."""
+    timed = [(s, n) for s, n in resumed if s is not None]
+    untimed_n = sum(n for s, n in resumed if s is None)
+    earlier = _earlier_seconds(sum(s for s, _ in timed), sum(n for _, n in timed), untimed_n,
+                               sum(s for s, _ in computed), sum(n for _, n in computed))
+    return {"shards": len(resumed), "untimed_shards_samples": untimed_n, "earlier_wall_s": round(earlier, 3)}
 
 
 def _in_input_order(frames: list[pd.DataFrame], shards: list[list[int]]) -> pd.DataFrame:
