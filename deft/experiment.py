@@ -50,23 +50,25 @@ HEADLINE_ARMS = ("random", "dealrec")
 def plan_runs(cfg: DeftConfig, pool_size: int) -> list[ArmRun]:
     """Every arm-budget-seed, the headline comparison first.
 
-    Seed by seed: ``random`` and ``dealrec`` at each budget, then the full pool (its seeds go with the
-    same-numbered seed), then the other arms. An experiment that takes a day is then interrupted with the
-    comparison that matters most already measured, and each later seed narrows that comparison first.
+    First ``random`` and ``dealrec`` at each budget for every seed, with the full pool after the first seed
+    it is run with (its seeds go with the same-numbered seed); then the other arms, seed by seed. An
+    experiment that takes days is then interrupted with the question it exists to answer (does ``dealrec``
+    beat ``random`` and match ``full``, at what cost) measured over all seeds before any other baseline.
     """
     e = cfg.experiment
     budgets = [resolve_budget(b, pool_size) for b in e.budgets]
     pruned = [a for a in e.arms if a != "full"]
     headline = [a for a in pruned if a in HEADLINE_ARMS]
     others = [a for a in pruned if a not in HEADLINE_ARMS]
+    seeds = list(dict.fromkeys([*e.seeds, *e.full_seeds]))
     runs = []
-    for seed in dict.fromkeys([*e.seeds, *e.full_seeds]):
+    for seed in seeds:
         if seed in e.seeds:
             runs.extend(ArmRun(a, b, seed) for b in budgets for a in headline)
         if "full" in e.arms and seed in e.full_seeds:
             runs.append(ArmRun("full", None, seed))
-        if seed in e.seeds:
-            runs.extend(ArmRun(a, b, seed) for b in budgets for a in others)
+    for seed in e.seeds:
+        runs.extend(ArmRun(a, b, seed) for b in budgets for a in others)
     return runs
 
 
