@@ -58,6 +58,7 @@ def app(ctx: click.Context, quiet: bool, debug: bool) -> None:
       deft prune ml-100k --budget 256 --out runs/p  scores -> coreset.jsonl + report.md
       deft train --samples runs/p/coreset.jsonl --out runs/t    LoRA fine-tuning
       deft evaluate ml-100k --adapter runs/t/adapter --out runs/e
+      deft compare runs/e runs/e0                   paired bootstrap of two evaluations
       deft run configs/bench/tiny.yaml --out runs/x arms x budgets x seeds -> results.md
       deft bench ml100k-cpu                         a named benchmark tier
     """
@@ -275,6 +276,33 @@ def evaluate(ctx, source, config_path, fmt, items, split, construction, max_hist
     cfg = _config(config_path, overrides)
     result = run_evaluate(cfg, adapter, out, progress=not ctx.obj["quiet"])
     click.echo("  ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
+
+
+
+@app.command()
+@click.argument("a", type=click.Path(exists=True))
+@click.argument("b", type=click.Path(exists=True))
+@click.option("--metric", "metrics", multiple=True, help="Per-user metric, e.g. ndcg@10 (repeatable; default all).")
+@click.option("--samples", type=click.IntRange(min=100), default=1000, show_default=True,
+              help="Bootstrap resamples.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+def compare(a, b, metrics, samples, seed) -> None:
+    """Paired bootstrap of A minus B over the same test users, per metric (95% interval, two-sided p).
+
+    A and B are `deft evaluate --out` directories, experiment arm directories (runs/x/arms/<key>) or
+    per_user.parquet files.
+
+    \b
+    Example: deft compare runs/x/arms/dealrec-256-s0 runs/x/arms/random-256-s0
+    """
+    from deft.evaluation import compare_evaluations
+
+    table = compare_evaluations(a, b, metrics=metrics or None, n=samples, seed=seed)
+    click.echo(f"A = {a}\nB = {b}\n{table['users'].iloc[0]} users, {samples} paired bootstrap resamples")
+    for row in table.itertuples(index=False):
+        verdict = "A better" if row.lo > 0 else "B better" if row.hi < 0 else "no clear difference"
+        click.echo(f"{row.metric:>10}  A {row.a:.4f}  B {row.b:.4f}  A-B {row.mean_diff:+.4f} "
+                   f"[{row.lo:+.4f}, {row.hi:+.4f}]  p {row.p_value:.3f}  {verdict}")
 
 
 # ----------------------------------------------------------------------------------------------- experiments

@@ -133,6 +133,55 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = 1000, seed: int = 0,
             "p_value": min(1.0, 2 * min(le, ge)), "n": int(n)}
 
 
+def per_user_results(path: str | Path) -> tuple[Path, pd.DataFrame]:
+    """The per-user results of one evaluation: its ``per_user.parquet``, the directory holding it (a
+    ``deft evaluate --out`` directory) or an experiment arm directory (``arms/<key>``, results in ``eval/``)."""
+    path = Path(path)
+    candidates = [path] if path.suffix == ".parquet" else [path / "per_user.parquet", path / "eval" / "per_user.parquet"]
+    for candidate in candidates:
+        if candidate.is_file():
+            frame = read_parquet(candidate)
+            if "user" not in frame.columns:
+                raise DataFormatError("per-user results lack the 'user' column", file=candidate, field="user")
+            dup = frame["user"][frame["user"].duplicated()]
+            if len(dup):
+                raise DataFormatError(f"user {dup.iloc[0]!r} appears more than once", file=candidate, field="user")
+            return candidate, frame
+    raise DataFormatError(f"no per-user results (looked for {' and '.join(str(c) for c in candidates)})", file=path)
+
+
+def compare_evaluations(a: str | Path, b: str | Path, metrics: Sequence[str] | None = None, n: int = 1000,
+                        seed: int = 0, level: float = 0.95) -> pd.DataFrame:
+    """Paired bootstrap of ``a`` minus ``b`` for each per-user metric of two evaluations on the same users.
+
+    ``a`` and ``b`` are anything :func:`per_user_results` reads. ``metrics`` defaults to every Recall/NDCG
+    column the two share. Different test users are an error: a paired interval over mismatched users would
+    mean nothing. One row per metric: the two means, their difference, the interval and the two-sided p.
+    """
+    (file_a, ua), (file_b, ub) = per_user_results(a), per_user_results(b)
+    only_a, only_b = set(ua["user"]) - set(ub["user"]), set(ub["user"]) - set(ua["user"])
+    if only_a or only_b:
+        example = sorted(only_a or only_b, key=str)[:3]
+        raise DataFormatError(f"the two evaluations cover different users ({len(only_a)} only here, {len(only_b)} "
+                              f"only in {file_b}; e.g. {example}); compare runs on the same test users",
+                              file=file_a, field="user")
+    shared = [c for c in ua.columns if c.startswith(("recall@", "ndcg@")) and c in ub.columns]
+    wanted = list(metrics) if metrics else shared
+    for file, frame in ((file_a, ua), (file_b, ub)):
+        missing = [m for m in wanted if m not in frame.columns]
+        if missing or not wanted:
+            raise DataFormatError(f"no per-user metric {missing or 'shared with the other file'} (it has "
+                                  f"{[c for c in frame.columns if '@' in c]})", file=file, field="metric")
+    paired = ua.merge(ub, on="user", suffixes=("_a", "_b"), validate="one_to_one")
+    rows = []
+    for metric in wanted:
+        x, y = paired[f"{metric}_a"].to_numpy(), paired[f"{metric}_b"].to_numpy()
+        boot = paired_bootstrap(x, y, n=n, seed=seed, level=level)
+        rows.append({"metric": metric, "a": float(x.mean()), "b": float(y.mean()), "mean_diff": boot["mean_diff"],
+                     "lo": boot["lo"], "hi": boot["hi"], "p_value": boot["p_value"], "users": len(paired)})
+    return pd.DataFrame(rows)
+
+
 # ----------------------------------------------------------------------------------------------- grounding
 
 

@@ -17,7 +17,7 @@ def invoke(*args: str):
 def test_help_lists_every_command_with_an_example():
     result = invoke("--help")
     assert result.exit_code == 0
-    for command in ("data", "validate", "score", "prune", "train", "evaluate", "run", "bench"):
+    for command in ("data", "validate", "score", "prune", "train", "evaluate", "compare", "run", "bench"):
         assert f"\n  {command}" in result.output
         assert f"deft {command}" in result.output
 
@@ -70,3 +70,20 @@ def test_library_does_not_import_click():
 
     code = "import sys, deft, deft.pipeline, deft.selection, deft.config; assert 'click' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_compare_prints_each_metric_with_interval_and_verdict(tmp_path):
+    import pandas as pd
+
+    users = list(range(50))
+    for name, shift in (("a", 0.2), ("b", 0.0)):
+        (tmp_path / name).mkdir()
+        pd.DataFrame({"user": users, "ndcg@10": [0.1 + shift + 0.01 * (u % 5) for u in users]}).to_parquet(
+            tmp_path / name / "per_user.parquet")
+    result = invoke("compare", str(tmp_path / "a"), str(tmp_path / "b"), "--samples", "200")
+    assert result.exit_code == 0, result.output
+    assert "50 users" in result.output
+    assert "ndcg@10  A 0.3200  B 0.1200  A-B +0.2000 [+0.2000, +0.2000]" in result.output
+    assert result.output.rstrip().endswith("A better")
+    bad = invoke("compare", str(tmp_path / "a"), str(tmp_path / "b"), "--metric", "ndcg@20")
+    assert bad.exit_code == 1 and bad.output.startswith("error: ") and "ndcg@20" in bad.output

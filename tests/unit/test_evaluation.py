@@ -12,7 +12,9 @@ import torch
 from deft import evaluation
 from deft.config import EvaluationConfig, LoraConfig
 from deft.data.prompts import render_prompt
+from deft.errors import DataFormatError
 from deft.evaluation import (
+    compare_evaluations,
     embed_texts,
     evaluate,
     generate,
@@ -80,6 +82,46 @@ def test_bootstrap_interval_contains_the_mean_difference():
     assert paired_bootstrap(a, b, n=500, seed=1) == out  # seeded
     same = paired_bootstrap(b, b, n=100, seed=0)
     assert same["mean_diff"] == same["lo"] == same["hi"] == 0.0
+
+
+
+def _per_user(path, users, ndcg):
+    path.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"user": users, "generated": "x", "ndcg@10": ndcg,
+                  "recall@10": (np.asarray(ndcg) > 0).astype(float)}).to_parquet(path / "per_user.parquet")
+    return path
+
+
+def test_compare_pairs_users_by_id_not_by_row(tmp_path):
+    rng = np.random.default_rng(3)
+    b = rng.random(200)
+    a = b + 0.1
+    users = [f"u{i}" for i in range(200)]
+    order = rng.permutation(200)  # B stores the same users in another order
+    run_a = _per_user(tmp_path / "a", users, a)
+    _per_user(tmp_path / "b" / "eval", [users[i] for i in order], b[order])  # an experiment arm's layout
+    table = compare_evaluations(run_a, tmp_path / "b", n=300, seed=2).set_index("metric")
+    # paired by user, every difference is exactly +0.1, so the whole interval is +0.1
+    assert table.loc["ndcg@10", "mean_diff"] == pytest.approx(0.1)
+    assert table.loc["ndcg@10", "lo"] == pytest.approx(0.1) and table.loc["ndcg@10", "hi"] == pytest.approx(0.1)
+    assert table.loc["ndcg@10", "a"] == pytest.approx(a.mean()) and table.loc["ndcg@10", "users"] == 200
+    assert set(table.index) == {"ndcg@10", "recall@10"}
+    only = compare_evaluations(run_a / "per_user.parquet", tmp_path / "b", metrics=["ndcg@10"], n=300)
+    assert list(only["metric"]) == ["ndcg@10"]
+
+
+def test_compare_refuses_different_users_missing_metrics_and_missing_files(tmp_path):
+    run_a = _per_user(tmp_path / "a", ["u1", "u2", "u3"], [0.1, 0.2, 0.3])
+    run_b = _per_user(tmp_path / "b", ["u1", "u2", "u9"], [0.1, 0.2, 0.3])
+    with pytest.raises(DataFormatError, match=r"different users \(1 only here, 1 only in .*u3"):
+        compare_evaluations(run_a, run_b)
+    with pytest.raises(DataFormatError, match=r"no per-user metric \['ndcg@20'\]"):
+        compare_evaluations(run_a, run_a, metrics=["ndcg@20"])
+    with pytest.raises(DataFormatError, match="no per-user results"):
+        compare_evaluations(run_a, tmp_path / "empty")
+    _per_user(tmp_path / "dup", ["u1", "u1", "u2"], [0.1, 0.2, 0.3])
+    with pytest.raises(DataFormatError, match="'u1' appears more than once"):
+        compare_evaluations(run_a, tmp_path / "dup")
 
 
 # ----------------------------------------------------------------------------------------------- grounding
