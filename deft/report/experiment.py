@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from deft.artifacts import machine_info, write_json, write_text
 from deft.report.common import new_figure, save_figure
 
@@ -87,6 +89,24 @@ def status_lines(status: dict[str, Any] | None) -> list[str]:
     return [f"> **Partial results: {status['finished']} of {status['planned']} runs finished.** Every table, "
             f"plot and verdict below covers only those; re-run the same command to resume.{eta} "
             f"Pending: {', '.join(status['pending'])}.", ""]
+
+
+def speed_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """Training seconds per sample and evaluation seconds per test user on this machine (median and range over
+    the finished runs): what a user needs to size their own run."""
+    trained = [1.0 / r["train"]["samples_per_s"] for r in runs if r["train"].get("samples_per_s")]
+    evaluated = [r["eval"]["s_per_user"] for r in runs if r["eval"].get("s_per_user")]
+    if not trained or not evaluated:
+        return []
+
+    def spread(values: list[float]) -> str:
+        values = sorted(values)
+        return f"{float(np.median(values)):.3f} s (range {values[0]:.3f}-{values[-1]:.3f}, {len(values)} runs)"
+
+    return ["## Speed on this machine", "",
+            f"- fine-tuning: {spread(trained)} per training sample, each epoch's pass counted, validation "
+            "passes included",
+            f"- evaluation: {spread(evaluated)} per test user (generation, grounding and metrics)", ""]
 
 
 def _level_lines(ax: Any, summary: list[dict[str, Any]], metric: str, references: dict[str, Any] | None) -> None:
@@ -242,6 +262,7 @@ def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[
         "|---|" + "---|" * (2 * len(ks)),
         *ref_lines,
         "",
+        *speed_lines(payload["runs"]),
         "## Cost ledger: shared stages",
         "",
         "| stage | wall s | peak MB |",

@@ -203,3 +203,15 @@ def test_verdict_placeholder_says_whether_dealrec_is_pending():
     assert _no_verdict({"status": {"pending": []}}) == "no `dealrec` arm in this experiment."
     assert _users_phrase({"test_users": 943, "references": {"sasrec": {"users": 943}}}) == "all 943 of them"
     assert _users_phrase({"test_users": 300, "references": {"sasrec": {"users": 943}}}) == "the first 300"
+
+
+def test_speed_lines_report_median_and_range_per_sample_and_per_user():
+    from deft.report.experiment import speed_lines
+
+    runs = [{"train": {"samples_per_s": 2.0}, "eval": {"s_per_user": 0.4}},
+            {"train": {"samples_per_s": 1.0}, "eval": {"s_per_user": 0.5}},
+            {"train": {"samples_per_s": 4.0}, "eval": {"s_per_user": 0.45}}]
+    text = "\n".join(speed_lines(runs))
+    assert "0.500 s (range 0.250-1.000, 3 runs) per training sample" in text
+    assert "0.450 s (range 0.400-0.500, 3 runs) per test user" in text
+    assert speed_lines([]) == []
