@@ -336,6 +336,12 @@ def _budget_ok(b: Any) -> bool:
     return False
 
 
+def headline_k(ks: list[int]) -> int:
+    """The cut-off of an experiment's headline comparison: 10 when configured (the benchmark's NDCG@10), else
+    the first configured K."""
+    return 10 if 10 in ks else ks[0]
+
+
 def resolve_budget(budget: int | str, pool_size: int) -> int:
     """A budget as a sample count: integers as given, "2%" as round-half-up of 2% of the pool (at least 1)."""
     if isinstance(budget, str) and budget.strip().endswith("%"):

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from deft.artifacts import fingerprint, measure, read_json, read_parquet, write_json
-from deft.config import DeftConfig, resolve_budget, to_dict
+from deft.config import DeftConfig, headline_k, resolve_budget, to_dict
 from deft.errors import ArtifactMismatchError
 from deft.pipeline import SCORE_STAGE, Pipeline, Pool, method_scores, method_stages
 
@@ -129,7 +129,8 @@ def _write_report(pipe: Pipeline, pool: Pool, cfg: DeftConfig, names: list[str],
     payload = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M"), "config": to_dict(cfg),
                "pool_size": len(pool.samples), "test_users": evaluated, "status": status, "runs": records,
                "summary": summarise(records, cfg, stage_costs, names),
-               "comparisons": compare(pipe.run.root, records, cfg), "references": references,
+               "comparisons": compare(pipe.run.root, records, cfg, headline_k(cfg.evaluation.ks)),
+               "references": references,
                "shared_stages": stage_costs}
     pipe.run.write_manifest(config=to_dict(cfg), data_fingerprint=pool.data_fingerprint,
                             counts={"pool": len(pool.samples), "runs": len(records), "planned_runs": len(runs),
@@ -275,7 +276,8 @@ def summarise(records: list[dict[str, Any]], cfg: DeftConfig, stage_costs: dict[
                "fraction_of_full": None if not full_train else round(float(pipeline_s / full_train), 4)}
         for metric in [c for c in frame.columns if "@" in c]:
             row[metric] = float(group[metric].mean())
-            row[f"{metric}_std"] = float(group[metric].std(ddof=0)) if len(group) > 1 else 0.0
+            # sample std (ddof 1): with 3 seeds the population std would understate the spread by ~18%
+            row[f"{metric}_std"] = float(group[metric].std(ddof=1)) if len(group) > 1 else 0.0
         rows.append(row)
     return rows
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from deft.artifacts import machine_info, write_json, write_text
+from deft.config import headline_k
 from deft.report.common import new_figure, save_figure
 
 
@@ -38,10 +39,16 @@ def experiment_table(summary: list[dict[str, Any]], ks: list[int]) -> str:
     return "\n".join(lines)
 
 
+def headline_metric(ks: list[int]) -> str:
+    """NDCG@10 when 10 is among the cut-offs (the benchmark's headline), else NDCG at the first one."""
+    return f"ndcg@{headline_k(ks)}"
+
+
 def comparison_table(comparisons: list[dict[str, Any]]) -> str:
     if not comparisons:
         return "_no paired comparisons (needs a `random` or `full` arm)_"
-    lines = ["| arm | budget | against | mean difference of NDCG@10 | 95% interval | two-sided p |",
+    metric = comparisons[0].get("metric", "ndcg@10").upper()
+    lines = [f"| arm | budget | against | mean difference of {metric} | 95% interval | two-sided p |",
              "|---|---|---|---|---|---|"]
     for c in comparisons:
         lines.append(f"| {c['arm']} | {_budget_label(c['budget'])} | {c['against']} | {c['mean_diff']:+.4f} | "
@@ -49,33 +56,52 @@ def comparison_table(comparisons: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def verdict(summary: list[dict[str, Any]], comparisons: list[dict[str, Any]]) -> list[str]:
-    """One plain sentence per budget: does dealrec beat random and match full on NDCG@10, at what cost?"""
+def _against(row: dict[str, Any], other: dict[str, Any], name: str, ci: dict[str, Any] | None,
+             metric: str) -> str:
+    """dealrec against one arm, worded from the paired interval, never from the point estimates alone."""
+    level = f"{name} {other[metric]:.4f}"
+    if ci is None:
+        higher = "higher" if row[metric] > other[metric] else "not higher"
+        return f"{higher} than {level} (point estimates; no paired interval)"
+    interval = f"{ci['mean_diff']:+.4f}, 95% [{ci['lo']:+.4f}, {ci['hi']:+.4f}]"
+    if ci["lo"] > 0:
+        return f"BEATS {level} ({interval})"
+    if ci["hi"] < 0:
+        return f"is WORSE than {level} ({interval})"
+    return f"no clear difference from {level} ({interval}: the interval includes 0)"
+
+
+def verdict(summary: list[dict[str, Any]], comparisons: list[dict[str, Any]], metric: str = "ndcg@10") -> list[str]:
+    """One plain sentence per budget: does dealrec beat random and match full on ``metric``, at what cost?
+
+    "Beats" and "worse" need the paired bootstrap interval to exclude zero; otherwise the sentence says there is
+    no clear difference, whatever the point estimates. Other baselines are compared by point estimate only, and
+    say so.
+    """
     rows = {(r["arm"], r["budget"]): r for r in summary}
     full = next((r for r in summary if r["arm"] == "full"), None)
+    label = metric.upper()
     out = []
     for (arm, budget), row in rows.items():
         if arm != "dealrec":
             continue
-        parts = [f"budget {budget}: dealrec NDCG@10 {row['ndcg@10']:.4f}"]
-        rnd = rows.get(("random", budget))
-        if rnd is not None:
-            ci = next((c for c in comparisons if c["arm"] == "dealrec" and c["budget"] == budget
-                       and c["against"] == "random"), None)
-            sig = "" if ci is None else (" (interval excludes 0)" if ci["lo"] > 0 or ci["hi"] < 0
-                                         else " (interval includes 0: not a clear difference)")
-            word = "beats" if row["ndcg@10"] > rnd["ndcg@10"] else "does NOT beat"
-            parts.append(f"{word} random ({rnd['ndcg@10']:.4f}){sig}")
+
+        def ci(against: str, budget: Any = budget) -> dict[str, Any] | None:
+            return next((c for c in comparisons if c["arm"] == "dealrec" and c["budget"] == budget
+                         and c["against"] == against), None)
+
+        parts = [f"budget {budget}: dealrec {label} {row[metric]:.4f}"]
+        if ("random", budget) in rows:
+            parts.append(_against(row, rows[("random", budget)], "random", ci("random"), metric))
         if full is not None:
-            word = "matches or beats" if row["ndcg@10"] >= full["ndcg@10"] else "falls short of"
-            parts.append(f"{word} full ({full['ndcg@10']:.4f})")
+            parts.append(_against(row, full, "full", ci("full"), metric))
         if row.get("fraction_of_full") is not None:
-            parts.append(f"at {100 * row['fraction_of_full']:.1f}% of the full arm's fine-tuning time")
+            parts.append(f"pruning + training cost {100 * row['fraction_of_full']:.1f}% of the full arm's "
+                         "fine-tuning time")
         others = [r for (a, b), r in rows.items() if b == budget and a not in ("dealrec", "random", "full")]
         if others:
-            best = max(others, key=lambda r: r["ndcg@10"])
-            word = "beats" if row["ndcg@10"] > best["ndcg@10"] else "does NOT beat"
-            parts.append(f"{word} the best other baseline ({best['arm']}, {best['ndcg@10']:.4f})")
+            best = max(others, key=lambda r: r[metric])
+            parts.append(_against(row, best, f"the best other baseline ({best['arm']})", None, metric))
         out.append("; ".join(parts) + ".")
     return out
 
@@ -213,8 +239,9 @@ def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[
     root = Path(root)
     summary, comparisons = payload["summary"], payload["comparisons"]
     ks = payload["config"]["evaluation"]["ks"]
-    plot_metric_by_arm(summary, root / "ndcg_by_arm.png", f"ndcg@{ks[0]}", payload.get("references"))
-    plot_metric_by_budget(summary, root / "ndcg_by_budget.png", f"ndcg@{ks[0]}", payload.get("references"))
+    metric = headline_metric(ks)
+    plot_metric_by_arm(summary, root / "ndcg_by_arm.png", metric, payload.get("references"))
+    plot_metric_by_budget(summary, root / "ndcg_by_budget.png", metric, payload.get("references"))
     plot_cost_by_arm(summary, root / "cost_by_arm.png")
     json_path = root / "results.json"
     write_json(json_path, payload)
@@ -237,7 +264,7 @@ def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[
         *status_lines(payload.get("status")),
         "## Verdict",
         "",
-        *([f"- {line}" for line in verdict(summary, comparisons)] or [f"- {_no_verdict(payload)}"]),
+        *([f"- {line}" for line in verdict(summary, comparisons, metric)] or [f"- {_no_verdict(payload)}"]),
         "",
         "## Quality and cost (mean ± std over seeds)",
         "",
@@ -250,7 +277,11 @@ def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[
         "",
         "![NDCG vs budget](ndcg_by_budget.png)",
         "",
-        "## Paired bootstrap (per-user NDCG@10, mean over seeds)",
+        f"## Paired bootstrap (per-user {metric.upper()}, mean over seeds)",
+        "",
+        "Each user's score is first averaged over the arm's seeds; the interval resamples test users, so it "
+        "measures how much the result depends on which users were tested, not on the training seed (see ± std "
+        "above for that).",
         "",
         comparison_table(comparisons),
         "",

@@ -34,3 +34,18 @@ def test_remaining_estimate_scales_training_by_samples():
     # 0.5 s per sample, 20 s per evaluation: (20 + 100) + (20 + 0.5 * 1000)
     assert remaining_seconds(done, pending, pool_size=1_000) == 640.0
     assert remaining_seconds([], pending, pool_size=1_000) is None
+
+
+def test_summary_is_mean_and_sample_std_over_seeds_with_cost_fraction():
+    from deft.experiment import summarise
+
+    def record(arm, budget, seed, ndcg, train_s):
+        return {"arm": arm, "budget": budget, "seed": seed, "metrics": {"ndcg@10": ndcg},
+                "train": {"wall_s": train_s, "epochs": 2}, "selection": {"wall_s": 0.0}, "eval": {"wall_s": 1.0}}
+
+    records = [record("random", 10, s, v, 10.0) for s, v in enumerate([0.01, 0.02, 0.03])]
+    records.append(record("full", None, 0, 0.05, 100.0))
+    rows = {r["arm"]: r for r in summarise(records, _cfg(), {}, [])}
+    assert rows["random"]["ndcg@10"] == 0.02
+    assert abs(rows["random"]["ndcg@10_std"] - 0.01) < 1e-12  # sample std (ddof 1), not 0.0082
+    assert rows["random"]["fraction_of_full"] == 0.1 and rows["full"]["ndcg@10_std"] == 0.0

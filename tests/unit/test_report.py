@@ -215,3 +215,35 @@ def test_speed_lines_report_median_and_range_per_sample_and_per_user():
     assert "0.500 s (range 0.250-1.000, 3 runs) per training sample" in text
     assert "0.450 s (range 0.400-0.500, 3 runs) per test user" in text
     assert speed_lines([]) == []
+
+
+def _ci(against, lo, hi, budget=256):
+    return {"arm": "dealrec", "budget": budget, "against": against, "mean_diff": (lo + hi) / 2, "lo": lo, "hi": hi}
+
+
+def test_verdict_words_come_from_the_intervals_not_the_point_estimates():
+    from deft.report.experiment import verdict
+
+    summary = [{"arm": "dealrec", "budget": 256, "ndcg@10": 0.0310, "fraction_of_full": 0.05},
+               {"arm": "random", "budget": 256, "ndcg@10": 0.0300},
+               {"arm": "el2n", "budget": 256, "ndcg@10": 0.0309},
+               {"arm": "full", "budget": None, "ndcg@10": 0.0311}]
+    unclear = verdict(summary, [_ci("random", -0.004, 0.006), _ci("full", -0.006, 0.005)])[0]
+    assert "BEATS" not in unclear and "WORSE" not in unclear
+    assert "no clear difference from random 0.0300" in unclear and "no clear difference from full 0.0311" in unclear
+    assert "higher than the best other baseline (el2n) 0.0309 (point estimates; no paired interval)" in unclear
+    assert "5.0% of the full arm's fine-tuning time" in unclear
+    clear = verdict(summary, [_ci("random", 0.001, 0.003), _ci("full", -0.003, -0.001)])[0]
+    assert "BEATS random 0.0300 (+0.0020, 95% [+0.0010, +0.0030])" in clear
+    assert "is WORSE than full 0.0311" in clear
+
+
+def test_verdict_uses_the_configured_cutoff_when_10_is_absent():
+    from deft.config import headline_k
+    from deft.report.experiment import headline_metric, verdict
+
+    assert headline_k([10, 20]) == 10 and headline_k([20, 10]) == 10 and headline_k([5, 20]) == 5
+    assert headline_metric([5, 20]) == "ndcg@5"
+    summary = [{"arm": "dealrec", "budget": 8, "ndcg@5": 0.2}, {"arm": "random", "budget": 8, "ndcg@5": 0.1}]
+    (line,) = verdict(summary, [_ci("random", 0.05, 0.15, budget=8)], "ndcg@5")
+    assert line.startswith("budget 8: dealrec NDCG@5 0.2000; BEATS random 0.1000")
