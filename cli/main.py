@@ -261,9 +261,10 @@ def train(ctx, samples_path, valid_path, out, config_path, model, device, epochs
 @click.option("--model", help="Target LLM (default smollm2-135m).")
 @click.option("--device", help="auto, cpu, cuda or cuda:N.")
 @click.option("--max-users", type=int, help="Evaluate the first N test users only.")
+@click.option("--overwrite", is_flag=True, help="Replace an evaluation in OUT made with other inputs or settings.")
 @click.pass_context
 def evaluate(ctx, source, config_path, fmt, items, split, construction, max_history, stride, adapter, out, model,
-             device, max_users) -> None:
+             device, max_users, overwrite) -> None:
     """BIGRec grounding evaluation: generate for every test user, ground to items, Recall/NDCG@K.
 
     \b
@@ -274,7 +275,7 @@ def evaluate(ctx, source, config_path, fmt, items, split, construction, max_hist
     overrides = _data_overrides(source, fmt, items, split, construction, max_history, stride)
     overrides.update({"model.name": model, "model.device": device, "evaluation.max_users": max_users})
     cfg = _config(config_path, overrides)
-    result = run_evaluate(cfg, adapter, out, progress=not ctx.obj["quiet"])
+    result = run_evaluate(cfg, adapter, out, progress=not ctx.obj["quiet"], overwrite=overwrite)
     click.echo("  ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
 
 

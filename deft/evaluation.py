@@ -42,7 +42,7 @@ from deft.artifacts import (
 from deft.config import EvaluationConfig, to_dict
 from deft.data.encoding import Encoded, length_sorted_batches, pad_batch
 from deft.data.prompts import render_prompt
-from deft.errors import DataFormatError
+from deft.errors import ArtifactMismatchError, DataFormatError
 
 if TYPE_CHECKING:
     from deft.models import LoadedModel
@@ -332,11 +332,12 @@ def _decoder(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def embed_texts(loaded: LoadedModel, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-    """Last-layer hidden state of each text's last token under the **base** model (float32, no autocast).
+    """Last-layer hidden state of each text's last token under the **base** model, returned as float32.
 
     Batches are right-padded and the state is gathered at the last real token: causal attention makes it
     independent of the padding. An empty text is embedded as the EOS token alone. Any LoRA adapter injected
-    into the model is disabled for the call. Full precision keeps the L2 ranking of near titles stable.
+    into the model is disabled for the call. No autocast: the pass runs in the weights' dtype (float32 on CPU,
+    bf16 on a bf16 GPU), which :func:`item_embeddings` puts in its cache key.
     """
     tok = loaded.tokenizer
     encoded = [e if e.input_ids else Encoded([tok.eos_token_id], [tok.eos_token_id])
@@ -359,11 +360,12 @@ def item_embeddings(loaded: LoadedModel, titles: Mapping[Hashable, str], cache_d
                     batch_size: int = 64) -> tuple[list[Hashable], np.ndarray]:
     """Embeddings of every item's title (items sorted by id), cached as ``item_emb-<fp>.npy`` in ``cache_dir``.
 
-    The cache key is the fingerprint of the model's fingerprint and the (item, title) pairs. Each distinct
-    title is embedded once, so items sharing a title share one vector.
+    The cache key is the fingerprint of the model's fingerprint, its weights' dtype and the (item, title)
+    pairs. Each distinct title is embedded once, so items sharing a title share one vector.
     """
     item_ids = sorted(titles, key=str)
-    key = fingerprint([loaded.fingerprint, [[str(i), titles[i]] for i in item_ids]])
+    dtype = str(next(loaded.model.parameters()).dtype)  # bf16 and fp32 passes differ in the low bits
+    key = fingerprint([loaded.fingerprint, dtype, [[str(i), titles[i]] for i in item_ids]])
     path = None if cache_dir is None else Path(cache_dir) / f"item_emb-{key}.npy"
     if path is not None and path.is_file():
         return item_ids, read_npy(path)
@@ -416,12 +418,29 @@ def _check_users(users: pd.DataFrame, titles: Mapping[Hashable, str]) -> None:
             raise DataFormatError(f"user {row.user!r}: target items {unknown[:3]} have no title", field="targets")
 
 
-def _cached(out_dir: Path, fp: str) -> EvalResult | None:
+def check_adapter(adapter_dir: str | Path | None) -> None:
+    """A LoRA adapter directory as saved by ``deft train`` (or peft): fail before data and model are loaded."""
+    if adapter_dir is None:
+        return
+    path = Path(adapter_dir)
+    if not path.is_dir():
+        raise DataFormatError("adapter directory does not exist", file=path)
+    if not (path / "adapter_config.json").is_file():
+        raise DataFormatError("not a LoRA adapter directory (no adapter_config.json; `deft train` writes one "
+                              "in OUT/adapter)", file=path, field="adapter_config.json")
+
+
+def _cached(out_dir: Path, fp: str, overwrite: bool) -> EvalResult | None:
+    """The saved evaluation for this fingerprint; another fingerprint's is an error unless ``overwrite``."""
     metrics_path, per_user_path = out_dir / "metrics.json", out_dir / "per_user.parquet"
     if not (metrics_path.is_file() and per_user_path.is_file()):
         return None
     saved = read_json(metrics_path)
     if saved.get("fingerprint") != fp:
+        if not overwrite:
+            raise ArtifactMismatchError(f"{out_dir} holds an evaluation with fingerprint {saved.get('fingerprint')}"
+                                        f" (adapter {saved.get('adapter')}), these inputs and settings give {fp}; "
+                                        "use --overwrite or another output directory")
         return None
     log.info("evaluation in %s is up to date (fingerprint %s)", out_dir, fp)
     return EvalResult(saved["metrics"], read_parquet(per_user_path), saved["wall_s"], saved["s_per_user"], out_dir)
@@ -429,14 +448,16 @@ def _cached(out_dir: Path, fp: str) -> EvalResult | None:
 
 def evaluate(loaded: LoadedModel, adapter_dir: str | Path | None, users: pd.DataFrame,
              titles: Mapping[Hashable, str], eval_cfg: EvaluationConfig, out_dir: str | Path,
-             cache_dir: str | Path | None = None, progress: bool = True) -> EvalResult:
+             cache_dir: str | Path | None = None, progress: bool = True, overwrite: bool = False) -> EvalResult:
     """Generate for each test user, ground to items, score Recall/NDCG at every K of ``eval_cfg.ks``.
 
     Writes ``per_user.parquet`` and ``metrics.json`` (with the fingerprint of model, adapter, users, titles and
-    settings) atomically into ``out_dir``; a matching ``metrics.json`` is returned without recomputing. Item
+    settings) atomically into ``out_dir``; a matching ``metrics.json`` is returned without recomputing, another
+    one is an :class:`ArtifactMismatchError` unless ``overwrite``. Item
     embeddings are cached in ``cache_dir`` (default ``out_dir``; share one across arms to embed titles once).
     """
     out_dir = Path(out_dir)
+    check_adapter(adapter_dir)
     _check_users(users, titles)
     if eval_cfg.max_users is not None:
         users = users.iloc[: eval_cfg.max_users]
@@ -445,8 +466,10 @@ def evaluate(loaded: LoadedModel, adapter_dir: str | Path | None, users: pd.Data
     fp = fingerprint({"model": loaded.fingerprint, "adapter": _adapter_fingerprint(adapter_dir),
                       "users": frame_fingerprint(users[list(USER_COLUMNS)]),
                       "titles": fingerprint(sorted([str(k), v] for k, v in titles.items())),
-                      "eval": to_dict(eval_cfg), "max_new_tokens": max_new})
-    cached = _cached(out_dir, fp)
+                      "eval": to_dict(eval_cfg), "max_new_tokens": max_new,
+                      # generation and grounding differ in the low bits between fp32 and bf16 runs
+                      "precision": [str(next(loaded.model.parameters()).dtype), str(loaded.autocast_dtype)]})
+    cached = _cached(out_dir, fp, overwrite)
     if cached is not None:
         return cached
     start = time.perf_counter()

@@ -191,7 +191,8 @@ def _run_arm(pipe: Pipeline, pool: Pool, scores: pd.DataFrame, valid: pd.DataFra
                              progress=pipe.progress, overwrite=pipe.run.overwrite)
     with measure() as eval_cost:
         evaluated = evaluate(pipe.llm(), trained.adapter_dir, users, pool.titles, cfg.evaluation,
-                             arm_dir / "eval", cache_dir=pipe.run.path("cache"), progress=pipe.progress)
+                             arm_dir / "eval", cache_dir=pipe.run.path("cache"), progress=pipe.progress,
+                             overwrite=pipe.run.overwrite)
     record = {"key": run.key, "arm": run.arm, "budget": run.budget, "seed": run.seed, "fingerprint": fp,
               "samples": int(len(indices)), "metrics": evaluated.metrics,
               "train": {"wall_s": trained.wall_s, "epochs": trained.epochs_run, "steps": trained.steps,

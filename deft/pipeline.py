@@ -351,6 +351,22 @@ def coreset_path(run: RunDir, budget: int, n_budgets: int) -> Path:
     return run.path("coreset.jsonl" if n_budgets == 1 else f"coreset-{budget}.jsonl")
 
 
+def _check_sample_fields(frame: pd.DataFrame, path: Path, lines: list[int] | None) -> None:
+    """Every row has string instruction/input/output and a non-empty output: a missing field would otherwise
+    train on the text "nan" or "None"."""
+    for name in ("instruction", "input", "output"):
+        values = frame[name].tolist()
+        bad = next((i for i, v in enumerate(values) if not isinstance(v, str) or (name == "output" and not v.strip())),
+                   None)
+        if bad is None:
+            continue
+        value = values[bad]
+        what = "is empty" if isinstance(value, str) else f"is missing or not a string ({value!r})"
+        if lines is None:
+            raise DeftError(f"row {bad + 1}: {what}", file=path, field=name)
+        raise DeftError(what, file=path, line=lines[bad], field=name)
+
+
 def load_samples_file(path: str | Path) -> pd.DataFrame:
     """Samples from JSONL or Parquet (a coreset file, a samples.parquet, any instruction dataset)."""
     path = Path(path)
@@ -358,10 +374,11 @@ def load_samples_file(path: str | Path) -> pd.DataFrame:
         raise DeftError(f"samples file not found: {path}", file=path)
     if path.suffix == ".parquet":
         frame = read_parquet(path)
+        lines = None
     else:
         import json
 
-        rows = []
+        rows, lines = [], []
         with open(path, encoding="utf-8") as fh:
             for line_no, line in enumerate(fh, 1):
                 if not line.strip():
@@ -370,10 +387,14 @@ def load_samples_file(path: str | Path) -> pd.DataFrame:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as exc:
                     raise DeftError(f"not valid JSON: {exc.msg}", file=path, line=line_no) from exc
+                if not isinstance(rows[-1], dict):
+                    raise DeftError("not a JSON object", file=path, line=line_no)
+                lines.append(line_no)
         frame = pd.DataFrame(rows)
     missing = [c for c in ("instruction", "input", "output") if c not in frame.columns]
     if missing:
         raise DeftError(f"missing column(s) {missing}; found {list(frame.columns)}", file=path, field=missing[0])
+    _check_sample_fields(frame, path, lines)
     if "sample_id" not in frame.columns:
         frame.insert(0, "sample_id", [str(i) for i in range(len(frame))])
     return frame
@@ -446,16 +467,21 @@ def run_train(cfg: DeftConfig, samples_path: str | Path, valid_path: str | Path 
                       overwrite=overwrite)
 
 
-def run_evaluate(cfg: DeftConfig, adapter: str | Path | None, out: str | Path, *, progress: bool = True):
+def run_evaluate(cfg: DeftConfig, adapter: str | Path | None, out: str | Path, *, progress: bool = True,
+                 overwrite: bool = False):
     from deft.data import build_eval_users, load_interactions, split_interactions
-    from deft.evaluation import evaluate
+    from deft.evaluation import check_adapter, evaluate
     from deft.models import load_target_llm
 
+    check_adapter(adapter)
     inter = load_interactions(cfg.data)
     split = split_interactions(inter, cfg.data)
-    users = build_eval_users(split, inter.titles, cfg.prompt, cfg.samples, which="test")
     loaded = load_target_llm(cfg.model)
-    return evaluate(loaded, adapter, users, inter.titles, cfg.evaluation, Path(out), progress=progress)
+    # The same prompt budget as training and `deft run`: histories trimmed, long titles cut to max_tokens.
+    tokenizer = loaded.tokenizer if cfg.prompt.max_tokens is not None else None
+    users = build_eval_users(split, inter.titles, cfg.prompt, cfg.samples, which="test", tokenizer=tokenizer)
+    return evaluate(loaded, adapter, users, inter.titles, cfg.evaluation, Path(out), progress=progress,
+                    overwrite=overwrite)
 
 
 __all__ = ["Pipeline", "Pool", "PruneResult", "run_prune", "run_scores", "run_train", "run_evaluate",

@@ -30,6 +30,23 @@ def test_train_then_evaluate(tmp_path):
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     per_user = pd.read_parquet(tmp_path / "e" / "per_user.parquet")
     assert abs(per_user["ndcg@10"].mean() - metrics["metrics"]["ndcg@10"]) < 1e-9
+    # the base model into the same directory would replace the adapter's results: refused without --overwrite
+    before = (tmp_path / "e" / "metrics.json").read_bytes()
+    base = CliRunner().invoke(app, ["--quiet", "evaluate", TINY, "--config", CONFIG, "--out", str(tmp_path / "e")])
+    assert base.exit_code == 1 and "--overwrite" in base.output and "fingerprint" in base.output
+    assert (tmp_path / "e" / "metrics.json").read_bytes() == before
+    replaced = invoke("evaluate", TINY, "--config", CONFIG, "--out", str(tmp_path / "e"), "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["adapter"] is None
+
+
+def test_evaluate_names_a_missing_or_wrong_adapter_before_loading_anything(tmp_path):
+    for adapter, expected in ((tmp_path / "nowhere", "does not exist"), (tmp_path, "adapter_config.json")):
+        result = CliRunner().invoke(app, ["evaluate", TINY, "--config", CONFIG, "--adapter", str(adapter),
+                                          "--out", str(tmp_path / "e")])
+        assert result.exit_code == 1, result.output
+        assert result.output.startswith("error: ") and expected in result.output
+        assert result.output.count("\n") == 1
 
 
 def test_train_rejects_a_file_without_the_fields(tmp_path):
@@ -46,3 +63,20 @@ def test_train_names_the_bad_json_line(tmp_path):
     result = CliRunner().invoke(app, ["train", "--samples", str(bad), "--config", CONFIG, "--out", str(tmp_path / "t")])
     assert result.exit_code == 1
     assert "bad.jsonl line 2" in result.output
+
+
+def test_train_names_the_row_with_a_missing_or_empty_field(tmp_path):
+    good = '{"instruction": "x", "input": "y", "output": "z"}\n'
+    for row, expected in (('{"instruction": "x", "input": "y"}', "bad.jsonl line 3: field 'output': is missing"),
+                          ('{"instruction": "x", "input": "y", "output": " "}', "line 3: field 'output': is empty"),
+                          ('{"instruction": 7, "input": "y", "output": "z"}', "line 3: field 'instruction'")):
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(good + good + row + "\n")
+        result = CliRunner().invoke(app, ["train", "--samples", str(bad), "--config", CONFIG,
+                                          "--out", str(tmp_path / "t")])
+        assert result.exit_code == 1 and expected in result.output, result.output
+    pd.DataFrame({"instruction": ["x", "x"], "input": ["y", None], "output": ["z", "z"]}).to_parquet(
+        tmp_path / "bad.parquet")
+    result = CliRunner().invoke(app, ["train", "--samples", str(tmp_path / "bad.parquet"), "--config", CONFIG,
+                                      "--out", str(tmp_path / "t")])
+    assert result.exit_code == 1 and "bad.parquet: field 'input': row 2: is missing" in result.output
