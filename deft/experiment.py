@@ -195,7 +195,8 @@ def _run_arm(pipe: Pipeline, pool: Pool, scores: pd.DataFrame, valid: pd.DataFra
                              overwrite=pipe.run.overwrite)
     record = {"key": run.key, "arm": run.arm, "budget": run.budget, "seed": run.seed, "fingerprint": fp,
               "samples": int(len(indices)), "metrics": evaluated.metrics,
-              "train": {"wall_s": trained.wall_s, "epochs": trained.epochs_run, "steps": trained.steps,
+              "train": {"wall_s": trained.wall_s, "epochs": trained.epochs_run, "best_epoch": trained.best_epoch,
+                        "steps": trained.steps,
                         "best_valid_loss": trained.best_valid_loss, "samples_per_s": trained.samples_per_s,
                         "peak_mb": train_cost.peak_mb},
               "selection": {"wall_s": select_cost.wall_s, "peak_mb": select_cost.peak_mb},
@@ -262,6 +263,7 @@ def summarise(records: list[dict[str, Any]], cfg: DeftConfig, stage_costs: dict[
     frame = pd.DataFrame([{"arm": r["arm"], "budget": r["budget"], "seed": r["seed"], **r["metrics"],
                            "train_s": r["train"]["wall_s"], "select_s": r["selection"]["wall_s"],
                            "eval_s": r["eval"]["wall_s"], "epochs": r["train"]["epochs"],
+                           "best_epoch": r["train"].get("best_epoch"),
                            "peak_mb": max(r["train"].get("peak_mb", 0.0), r["eval"].get("peak_mb", 0.0))}
                           for r in records])
     full_train = frame.loc[frame["arm"] == "full", "train_s"].mean() if (frame["arm"] == "full").any() else None
@@ -271,7 +273,8 @@ def summarise(records: list[dict[str, Any]], cfg: DeftConfig, stage_costs: dict[
                       for s in method_stages(arm, ccs_score=cfg.selection.ccs_score)) if arm != "full" else 0.0
         pipeline_s = scoring + group["select_s"].mean() + group["train_s"].mean()
         row = {"arm": arm, "budget": None if pd.isna(budget) else int(budget), "seeds": int(len(group)),
-               "epochs": group["epochs"].tolist(), "scoring_s": round(scoring, 2),
+               "epochs": group["epochs"].tolist(), "best_epochs": group["best_epoch"].tolist(),
+               "scoring_s": round(scoring, 2),
                "train_s": round(float(group["train_s"].mean()), 2), "pipeline_s": round(float(pipeline_s), 2),
                "eval_s": round(float(group["eval_s"].mean()), 2), "peak_mb": float(group["peak_mb"].max()),
                "fraction_of_full": None if not full_train else round(float(pipeline_s / full_train), 4)}

@@ -74,6 +74,12 @@ class PruneResult:
     pool: Pool
 
 
+# Effort is a property of a sample and the target model, not of a selection: the random LoRA A it is measured
+# through is drawn from one fixed seed, so every selection seed shares one effort pass (as an experiment's arms
+# do) and the effort stage's cache key, which has no seed, stays exact.
+EFFORT_LORA_SEED = 0
+
+
 class Pipeline:
     """One run directory and the stages that fill it; the LLM and the surrogate load lazily, once."""
 
@@ -231,7 +237,7 @@ class Pipeline:
             from deft.scores.effort import compute_effort
 
             frame = compute_effort(self.llm(), pool.samples, self.cfg.lora, self.cfg.effort,
-                                   out_dir=self.run.path("effort"), seed=self.cfg.selection.seed,
+                                   out_dir=self.run.path("effort"), seed=EFFORT_LORA_SEED,
                                    progress=self.progress)
             resumed = frame.attrs.get("resumed", {})
             info = {"resumed_shards": resumed.get("shards", 0), "earlier_wall_s": resumed.get("earlier_wall_s", 0.0)}

@@ -62,6 +62,9 @@ class TrainResult:
     wall_s: float
     samples_per_s: float  # training samples (with repeats over epochs) per second of wall time
     log_path: Path
+    # epochs trained when the kept adapter was saved (fractional when validating inside an epoch): what the
+    # early stopping found the data needed, while epochs_run includes the patience that confirmed it
+    best_epoch: float | None = None
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -233,7 +236,7 @@ def training_fingerprint(loaded: LoadedModel, train: pd.DataFrame, valid: pd.Dat
 
 def _result_from_json(out_dir: Path, saved: dict[str, Any]) -> TrainResult:
     return TrainResult(out_dir / "adapter", saved["best_valid_loss"], saved["epochs_run"], saved["steps"],
-                       saved["wall_s"], saved["samples_per_s"], out_dir / "train_log.json")
+                       saved["wall_s"], saved["samples_per_s"], out_dir / "train_log.json", saved.get("best_epoch"))
 
 
 def _previous_run(out_dir: Path, fp: str, overwrite: bool) -> tuple[TrainResult | None, Path | None]:
@@ -255,6 +258,13 @@ def _previous_run(out_dir: Path, fp: str, overwrite: bool) -> tuple[TrainResult 
     if done.is_file() and (out_dir / "adapter").is_dir():
         return _result_from_json(out_dir, read_json(done)), None
     return None, ckpt
+
+
+def _best_epoch(st: dict[str, Any], steps_per_epoch: int) -> float | None:
+    """Epochs behind the kept adapter: the best validation step's, or every step's without validation. None for
+    a run resumed from a checkpoint written before this was recorded."""
+    step = st["step"] if st["best_valid_loss"] is None else st.get("best_step")
+    return None if step is None else round(step / steps_per_epoch, 2)
 
 
 def train_lora(loaded: LoadedModel, train: pd.DataFrame, valid: pd.DataFrame | None, lora_cfg: LoraConfig,
@@ -333,7 +343,7 @@ def train_lora(loaded: LoadedModel, train: pd.DataFrame, valid: pd.DataFrame | N
                 if entry is not None:
                     entry["valid_loss"] = loss
                 if st["best_valid_loss"] is None or loss < st["best_valid_loss"]:
-                    st["best_valid_loss"], st["bad_evals"] = loss, 0
+                    st["best_valid_loss"], st["bad_evals"], st["best_step"] = loss, 0, st["step"]
                     save_adapter(model, out_dir / "adapter")
                 else:
                     st["bad_evals"] += 1
@@ -385,7 +395,7 @@ def train_lora(loaded: LoadedModel, train: pd.DataFrame, valid: pd.DataFrame | N
         wall = time.perf_counter() - t0
         result = TrainResult(out_dir / "adapter", st["best_valid_loss"], st["epoch"] + (st["next_batch"] > 0),
                              st["step"], round(wall, 3), st["samples"] / max(wall, 1e-9),
-                             out_dir / "train_log.json")
+                             out_dir / "train_log.json", _best_epoch(st, steps_per_epoch))
     finally:
         detach_lora(model)
     write_json(out_dir / "train_log.json", st["log"])

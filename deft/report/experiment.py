@@ -24,15 +24,22 @@ def _budget_label(budget: Any) -> str:
     return "all" if budget is None else str(budget)
 
 
+def _epochs_cell(row: dict[str, Any]) -> str:
+    """Epochs run per seed, with the epoch of the kept (best-validation) adapter where recorded: "4 (best 3)"."""
+    best = row.get("best_epochs") or [None] * len(row["epochs"])
+    return ", ".join(str(e) if b is None or np.isnan(b) else f"{e} (best {b:g})"
+                     for e, b in zip(row["epochs"], best, strict=True))
+
+
 def experiment_table(summary: list[dict[str, Any]], ks: list[int]) -> str:
     metrics = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")]
-    head = ["arm", "budget", "seeds", *metrics, "epochs", "scoring s", "training s", "eval s", "peak MB",
+    head = ["arm", "budget", "seeds", *metrics, "epochs run (best)", "scoring s", "training s", "eval s", "peak MB",
             "pruning+training / full"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in summary:
         frac = row.get("fraction_of_full")
         cells = [row["arm"], _budget_label(row["budget"]), str(row["seeds"]), *[_pm(row, m) for m in metrics],
-                 ",".join(map(str, row["epochs"])), f"{row['scoring_s']:.1f}", f"{row['train_s']:.1f}",
+                 _epochs_cell(row), f"{row['scoring_s']:.1f}", f"{row['train_s']:.1f}",
                  f"{row['eval_s']:.1f}", f"{row['peak_mb']:.0f}",
                  "–" if frac is None else f"{100 * frac:.1f}%"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -271,7 +278,11 @@ def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[
         experiment_table(summary, ks),
         "",
         "`pruning+training / full` = (scoring stages the arm needs + selection + fine-tuning) / the `full` arm's "
-        "fine-tuning time, measured in this run on this machine.",
+        "fine-tuning time, measured in this run on this machine. A shared stage is charged in full to every arm "
+        "that needs it: `grand` and `el2n` (and `ccs` when it stratifies one of them) each pay the whole `baselines` "
+        "stage, which computes GraNd and EL2N in one pass; `dealrec`, `greedy` and `influence_only` each pay the "
+        "surrogate. "
+        "`epochs run (best)`: epochs trained per seed, and the epoch of the kept best-validation adapter.",
         "",
         "![NDCG by arm](ndcg_by_arm.png)",
         "",

@@ -103,6 +103,17 @@ def test_same_seed_same_coreset_bit_for_bit(pruned, tmp_path):
 
 
 
+
+def test_effort_does_not_depend_on_the_selection_seed(pruned, tmp_path):
+    """A run directory reuses its effort stage when only --seed changes; that is exact only because effort's
+    LoRA draw is seed-independent, so a fresh run with another seed must compute the same effort."""
+    out, _, _ = pruned
+    other = tmp_path / "seed7"
+    assert _prune(other, "--seed", "7").exit_code == 0
+    fresh = pd.read_parquet(other / "scores.parquet").set_index("sample_id")["effort"]
+    reused = pd.read_parquet(out / "scores.parquet").set_index("sample_id")["effort"]
+    pd.testing.assert_series_equal(fresh.sort_index(), reused.sort_index())
+
 def test_stage_costs_are_not_nested(tmp_path, monkeypatch):
     """The surrogate trains in its own stage, so the influence stage's time excludes it (no double count)."""
     import deft.surrogate

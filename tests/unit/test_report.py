@@ -247,3 +247,11 @@ def test_verdict_uses_the_configured_cutoff_when_10_is_absent():
     summary = [{"arm": "dealrec", "budget": 8, "ndcg@5": 0.2}, {"arm": "random", "budget": 8, "ndcg@5": 0.1}]
     (line,) = verdict(summary, [_ci("random", 0.05, 0.15, budget=8)], "ndcg@5")
     assert line.startswith("budget 8: dealrec NDCG@5 0.2000; BEATS random 0.1000")
+
+
+def test_epochs_cell_shows_the_kept_epoch_where_recorded():
+    from deft.report.experiment import _epochs_cell
+
+    assert _epochs_cell({"epochs": [4, 6], "best_epochs": [3.0, 5.5]}) == "4 (best 3), 6 (best 5.5)"
+    assert _epochs_cell({"epochs": [4, 6], "best_epochs": [None, float("nan")]}) == "4, 6"  # older records
+    assert _epochs_cell({"epochs": [4]}) == "4"

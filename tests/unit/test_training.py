@@ -118,6 +118,7 @@ def test_resume_gives_the_same_adapter(tiny, tmp_path, monkeypatch):
     resumed = train_lora(tiny, _frame(), _frame(4), LoraConfig(), cfg, tmp_path / "b", progress=False)
 
     assert resumed.steps == straight.steps == 4 and resumed.best_valid_loss == straight.best_valid_loss
+    assert resumed.best_epoch == straight.best_epoch is not None
     a = load_file(str(straight.adapter_dir / "adapter_model.safetensors"))
     b = load_file(str(resumed.adapter_dir / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -158,3 +159,5 @@ def test_early_stopping_after_patience(tiny, tmp_path):
     result = train_lora(tiny, _frame(), _frame(4), LoraConfig(), _cfg(lr=1e-12, epochs=5, patience=1),
                         tmp_path, progress=False)
     assert result.epochs_run == 2
+    assert result.best_epoch == 1.0  # the kept adapter is the first epoch's; the second only confirmed it
+    assert read_json(tmp_path / "train_result.json")["best_epoch"] == 1.0
