@@ -478,7 +478,7 @@ def evaluate(loaded: LoadedModel, adapter_dir: str | Path | None, users: pd.Data
     item_ids, item_emb = item_embeddings(loaded, titles, out_dir if cache_dir is None else cache_dir,
                                          eval_cfg.batch_size)
     gen_emb = embed_texts(loaded, generated, eval_cfg.batch_size)
-    exclude = [set(h) for h in users["history"]] if eval_cfg.exclude_history else None
+    exclude = _excluded(users) if eval_cfg.exclude_history else None
     k_max = max(eval_cfg.ks)
     ranked = ground(gen_emb, item_emb, item_ids, titles, k_max, exclude)
     targets = [list(t) for t in users["targets"]]
@@ -493,16 +493,30 @@ def evaluate(loaded: LoadedModel, adapter_dir: str | Path | None, users: pd.Data
     wall = time.perf_counter() - start
     s_per_user = wall / max(1, len(users))
     write_parquet(out_dir / "per_user.parquet", per_user)
-    write_json(out_dir / "metrics.json", _metrics_record(fp, metrics, wall, s_per_user, len(users), max_new,
+    write_json(out_dir / "metrics.json", _metrics_record(fp, metrics, wall, s_per_user, users, max_new,
                                                          eval_cfg, adapter_dir))
     log.info("evaluated %d users in %.1f s: %s", len(users), wall, metrics)
     return EvalResult(metrics, per_user, wall, s_per_user, out_dir)
 
 
-def _metrics_record(fp: str, metrics: dict[str, float], wall: float, s_per_user: float, n_users: int,
+def _excluded(users: pd.DataFrame) -> list[set]:
+    """Items kept out of each user's ranking: everything seen before the target when the frame says (``seen``,
+    from :func:`deft.data.build_eval_users`), else the prompt's history."""
+    return [set(h) for h in users["seen" if "seen" in users.columns else "history"]]
+
+
+def _excluded_phrase(exclude: bool, users: pd.DataFrame) -> str:
+    if not exclude:
+        return "nothing: seen items stay in the ranking"
+    what = "every item seen before the target" if "seen" in users.columns else "the prompt's history items"
+    return f"{what} ({np.mean([len(e) for e in _excluded(users)]):.1f} per user on average)"
+
+
+def _metrics_record(fp: str, metrics: dict[str, float], wall: float, s_per_user: float, users: pd.DataFrame,
                     max_new: int, eval_cfg: EvaluationConfig, adapter_dir: str | Path | None) -> dict[str, Any]:
-    return {"fingerprint": fp, "metrics": metrics, "n_users": n_users, "wall_s": round(wall, 3),
+    return {"fingerprint": fp, "metrics": metrics, "n_users": len(users), "wall_s": round(wall, 3),
             "s_per_user": s_per_user, "max_new_tokens": max_new, "num_beams": eval_cfg.num_beams,
             "exclude_history": eval_cfg.exclude_history,
+            "excluded": _excluded_phrase(eval_cfg.exclude_history, users),
             "adapter": None if adapter_dir is None else str(adapter_dir),
             "grounding": "faiss IndexFlatL2 over base-model last-token states; ranks count distinct titles"}

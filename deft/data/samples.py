@@ -80,7 +80,8 @@ def valid_samples(split: Split, titles: Mapping[str, str], samples_cfg: SamplesC
 
 def build_eval_users(split: Split, titles: Mapping[str, str], prompt_cfg: PromptConfig, samples_cfg: SamplesConfig,
                      which: str = "test", tokenizer=None) -> pd.DataFrame:
-    """Inference prompts for evaluation: one row per user with ``which`` (test | valid) targets; EVAL_COLUMNS.
+    """Inference prompts for evaluation: one row per user with ``which`` (test | valid) targets; EVAL_COLUMNS
+    plus ``seen``, every item the user interacted with before the target (what ``exclude_history`` removes).
 
     History = training items, plus validation items when ``which == "test"``, at most the ``max_history`` most
     recent. With a tokenizer the prompt is trimmed so that it plus ``max_title_tokens + 1`` tokens (room for the
@@ -90,10 +91,11 @@ def build_eval_users(split: Split, titles: Mapping[str, str], prompt_cfg: Prompt
         raise ValueError(f"which must be 'test' or 'valid', got {which!r}")
     targets = split.test if which == "test" else split.valid
     users = sorted(targets, key=natural_key)
-    histories = []
+    histories, seen = [], []
     for user in users:
         seq = split.train.get(user, []) + (split.valid.get(user, []) if which == "test" else [])
         histories.append(seq[max(0, len(seq) - samples_cfg.max_history):])
+        seen.append(list(dict.fromkeys(seq)))
     template = template_for(prompt_cfg)
     tokenizer = tokenizer if prompt_cfg.max_tokens is not None else None  # no budget: nothing to count
     text = _display_titles(titles, [i for h in histories for i in h], prompt_cfg, tokenizer)
@@ -106,7 +108,8 @@ def build_eval_users(split: Split, titles: Mapping[str, str], prompt_cfg: Prompt
         "targets": [list(targets[u]) for u in users],
         "instruction": template.instruction,
         "input": [template.render_input([text[i] for i in h]) for h in histories],
-    }, columns=list(EVAL_COLUMNS))
+        "seen": seen,
+    }, columns=[*EVAL_COLUMNS, "seen"])
 
 
 def _sample_frame(users: list[str], positions: list[int], histories: list[list[str]], targets: list[str],

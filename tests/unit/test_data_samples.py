@@ -115,7 +115,7 @@ def test_valid_samples(data) -> None:
 def test_eval_users_test_and_valid(data) -> None:
     split, titles = data
     test = build_eval_users(split, titles, SHORT, SamplesConfig(), which="test")
-    assert list(test.columns) == ["user", "history", "targets", "instruction", "input"]
+    assert list(test.columns) == ["user", "history", "targets", "instruction", "input", "seen"]
     assert [(r.user, list(r.history), list(r.targets)) for r in test.itertuples()] == [
         ("1", ["1", "2", "3", "4", "5"], ["6"]), ("2", ["2", "7", "1", "8"], ["9"]),
         ("3", ["3", "10", "11", "12"], ["13"]), ("5", ["4", "5", "6", "7"], ["1"]), ("6", ["8", "9", "10"], ["11"]),
@@ -124,6 +124,8 @@ def test_eval_users_test_and_valid(data) -> None:
     assert test.iloc[5]["input"] == "Seen: Midnight at the Lighthouse (1994) | Tin Soldiers Dance (1999)"
     assert test.iloc[5]["instruction"] == "Recommend."
     valid = build_eval_users(split, titles, SHORT, SamplesConfig(max_history=2), which="valid")
+    # the prompt keeps the last 2 items; `seen` (what exclude_history removes) keeps them all
+    assert list(valid.iloc[0]["seen"]) == ["1", "2", "3", "4"] and list(valid.iloc[0]["history"]) == ["3", "4"]
     assert [(r.user, list(r.history), list(r.targets)) for r in valid.itertuples()] == [
         ("1", ["3", "4"], ["5"]), ("2", ["7", "1"], ["8"]), ("3", ["10", "11"], ["12"]), ("5", ["5", "6"], ["7"]),
         ("6", ["8", "9"], ["10"]), ("7", ["12"], ["13"]), ("10", ["10", "11"], ["12"]),

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from deft import evaluation
+from deft.artifacts import read_json
 from deft.config import EvaluationConfig, LoraConfig
 from deft.data.prompts import render_prompt
 from deft.errors import DataFormatError
@@ -216,9 +217,19 @@ def test_evaluate_writes_results_and_reuses_them(tiny, tmp_path, monkeypatch):
     assert (tmp_path / "metrics.json").is_file() and (tmp_path / "per_user.parquet").is_file()
     assert list(result.per_user["user"]) == ["u1", "u2", "u3"]
     assert {"generated", "top3", "hit_ranks", "ndcg@3"} <= set(result.per_user.columns)
-    # History items were excluded from every list.
+    # History items were excluded from every list, and metrics.json says which.
     for hist, top in zip(_users()["history"], result.per_user["top3"], strict=True):
         assert not set(hist) & set(top)
+    assert read_json(tmp_path / "metrics.json")["excluded"] == "the prompt's history items (1.3 per user on average)"
     monkeypatch.setattr(evaluation, "generate", lambda *a, **k: pytest.fail("cache not used"))
     again = evaluate(tiny, None, _users(), TITLES, cfg, tmp_path, progress=False)
     assert again.metrics == result.metrics
+
+
+def test_exclude_history_removes_every_seen_item_not_only_the_prompt(tiny, tmp_path):
+    users = _users().assign(seen=[["i1", "i2", "i3"], ["i2", "i4"], ["i1", "i4"]])
+    cfg = EvaluationConfig(batch_size=2, ks=[1, 2], exclude_history=True)
+    result = evaluate(tiny, None, users, TITLES, cfg, tmp_path, progress=False)
+    for seen, top in zip(users["seen"], result.per_user["top2"], strict=True):
+        assert not set(seen) & set(top)
+    assert read_json(tmp_path / "metrics.json")["excluded"].startswith("every item seen before the target (2.3")
