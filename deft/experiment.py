@@ -99,6 +99,8 @@ def run_experiment(cfg: DeftConfig, out: str | Path, *, overwrite: bool = False,
     todo = [run for run in runs if run.key not in finished]
     if finished:
         log.info("%d of %d runs already finished in %s; %d to go", len(finished), len(runs), pipe.run.root, len(todo))
+        if todo:  # the next run can take hours: report what is cached (and in what order the rest comes) now
+            _write_report(pipe, pool, cfg, names, finished, runs, users, references, command)
     for i, run in enumerate(todo, 1):
         started = time.monotonic()
         finished[run.key] = _run_arm(pipe, pool, scores, valid, users, run)

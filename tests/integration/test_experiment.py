@@ -96,6 +96,13 @@ def test_interrupted_experiment_reports_what_finished_and_resumes(tmp_path, monk
     assert [r["key"] for r in partial["runs"]] == calls
     assert "Partial results: 2 of 3 runs finished" in (out / "results.md").read_text()
 
+    # A resumed experiment rewrites its report from the cached runs before the next (possibly hours-long) run.
+    (out / "results.md").unlink()
+    monkeypatch.setattr(experiment_module, "_run_arm", run_arm_then_stop)
+    with pytest.raises(MachineGone):
+        CliRunner().invoke(app, ["--quiet", "bench", "tiny", "--out", str(out)], catch_exceptions=False)
+    assert "Partial results: 2 of 3 runs finished" in (out / "results.md").read_text()
+
     calls.clear()
     monkeypatch.setattr(experiment_module, "_run_arm", lambda *a, **k: calls.append(a[-1].key) or real_run_arm(*a, **k))
     result = CliRunner().invoke(app, ["--quiet", "bench", "tiny", "--out", str(out)], catch_exceptions=False)
