@@ -159,7 +159,8 @@ def compare_evaluations(a: str | Path, b: str | Path, metrics: Sequence[str] | N
     mean nothing. One row per metric: the two means, their difference, the interval and the two-sided p.
     """
     (file_a, ua), (file_b, ub) = per_user_results(a), per_user_results(b)
-    only_a, only_b = set(ua["user"]) - set(ub["user"]), set(ub["user"]) - set(ua["user"])
+    users_a, users_b = set(ua["user"]), set(ub["user"])
+    only_a, only_b = users_a - users_b, users_b - users_a
     if only_a or only_b:
         example = sorted(only_a or only_b, key=str)[:3]
         raise DataFormatError(f"the two evaluations cover different users ({len(only_a)} only here, {len(only_b)} "
@@ -364,8 +365,8 @@ def item_embeddings(loaded: LoadedModel, titles: Mapping[Hashable, str], cache_d
     pairs. Each distinct title is embedded once, so items sharing a title share one vector.
     """
     item_ids = sorted(titles, key=str)
-    dtype = str(next(loaded.model.parameters()).dtype)  # bf16 and fp32 passes differ in the low bits
-    key = fingerprint([loaded.fingerprint, dtype, [[str(i), titles[i]] for i in item_ids]])
+    # bf16 and fp32 passes differ in the low bits
+    key = fingerprint([loaded.fingerprint, str(loaded.weights_dtype), [[str(i), titles[i]] for i in item_ids]])
     path = None if cache_dir is None else Path(cache_dir) / f"item_emb-{key}.npy"
     if path is not None and path.is_file():
         return item_ids, read_npy(path)
@@ -468,7 +469,7 @@ def evaluate(loaded: LoadedModel, adapter_dir: str | Path | None, users: pd.Data
                       "titles": fingerprint(sorted([str(k), v] for k, v in titles.items())),
                       "eval": to_dict(eval_cfg), "max_new_tokens": max_new,
                       # generation and grounding differ in the low bits between fp32 and bf16 runs
-                      "precision": [str(next(loaded.model.parameters()).dtype), str(loaded.autocast_dtype)]})
+                      "precision": [str(loaded.weights_dtype), str(loaded.autocast_dtype)]})
     cached = _cached(out_dir, fp, overwrite)
     if cached is not None:
         return cached
@@ -493,8 +494,8 @@ def evaluate(loaded: LoadedModel, adapter_dir: str | Path | None, users: pd.Data
     wall = time.perf_counter() - start
     s_per_user = wall / max(1, len(users))
     write_parquet(out_dir / "per_user.parquet", per_user)
-    write_json(out_dir / "metrics.json", _metrics_record(fp, metrics, wall, s_per_user, users, max_new,
-                                                         eval_cfg, adapter_dir))
+    write_json(out_dir / "metrics.json", _metrics_record(fp, metrics, wall, s_per_user, len(users), max_new,
+                                                         eval_cfg, adapter_dir, _excluded_phrase(users, exclude)))
     log.info("evaluated %d users in %.1f s: %s", len(users), wall, metrics)
     return EvalResult(metrics, per_user, wall, s_per_user, out_dir)
 
@@ -505,18 +506,19 @@ def _excluded(users: pd.DataFrame) -> list[set]:
     return [set(h) for h in users["seen" if "seen" in users.columns else "history"]]
 
 
-def _excluded_phrase(exclude: bool, users: pd.DataFrame) -> str:
-    if not exclude:
+def _excluded_phrase(users: pd.DataFrame, exclude: list[set] | None) -> str:
+    if exclude is None:
         return "nothing: seen items stay in the ranking"
     what = "every item seen before the target" if "seen" in users.columns else "the prompt's history items"
-    return f"{what} ({np.mean([len(e) for e in _excluded(users)]):.1f} per user on average)"
+    return f"{what} ({np.mean([len(e) for e in exclude]):.1f} per user on average)"
 
 
-def _metrics_record(fp: str, metrics: dict[str, float], wall: float, s_per_user: float, users: pd.DataFrame,
-                    max_new: int, eval_cfg: EvaluationConfig, adapter_dir: str | Path | None) -> dict[str, Any]:
-    return {"fingerprint": fp, "metrics": metrics, "n_users": len(users), "wall_s": round(wall, 3),
+def _metrics_record(fp: str, metrics: dict[str, float], wall: float, s_per_user: float, n_users: int,
+                    max_new: int, eval_cfg: EvaluationConfig, adapter_dir: str | Path | None,
+                    excluded: str) -> dict[str, Any]:
+    return {"fingerprint": fp, "metrics": metrics, "n_users": n_users, "wall_s": round(wall, 3),
             "s_per_user": s_per_user, "max_new_tokens": max_new, "num_beams": eval_cfg.num_beams,
             "exclude_history": eval_cfg.exclude_history,
-            "excluded": _excluded_phrase(eval_cfg.exclude_history, users),
+            "excluded": excluded,
             "adapter": None if adapter_dir is None else str(adapter_dir),
             "grounding": "faiss IndexFlatL2 over base-model last-token states; ranks count distinct titles"}

@@ -74,6 +74,11 @@ class LoadedModel:
         """Context manager for mixed precision on this model's device, or a no-op."""
         return autocast(self)
 
+    @property
+    def weights_dtype(self) -> torch.dtype:
+        """The dtype the weights are held in (not in ``fingerprint``: caches of numerics add it themselves)."""
+        return next(self.model.parameters()).dtype
+
 
 def autocast(loaded: LoadedModel) -> AbstractContextManager:
     """``torch.autocast(device_type, dtype)`` for ``loaded``, or ``nullcontext()`` when autocast is off."""

@@ -222,8 +222,8 @@ def effort_fingerprint(loaded: LoadedModel, samples: pd.DataFrame, lora_cfg: Lor
     ``batch_size`` is left out: scores do not depend on it (batch invariance), so a resumed run may change it.
     """
     effort = {k: v for k, v in asdict(effort_cfg).items() if k != "batch_size"}
-    dtype = next(loaded.model.parameters()).dtype
-    return fingerprint({"version": ALGORITHM_VERSION, "model": loaded.fingerprint, "weights_dtype": str(dtype),
+    return fingerprint({"version": ALGORITHM_VERSION, "model": loaded.fingerprint,
+                        "weights_dtype": str(loaded.weights_dtype),
                         "autocast": str(loaded.autocast_dtype), "samples": frame_fingerprint(samples[list(SAMPLE_FIELDS)]),
                         "lora": asdict(lora_cfg), "effort": effort, "seed": seed})
 
