@@ -69,7 +69,8 @@ def test_train_names_the_row_with_a_missing_or_empty_field(tmp_path):
     good = '{"instruction": "x", "input": "y", "output": "z"}\n'
     for row, expected in (('{"instruction": "x", "input": "y"}', "bad.jsonl line 3: field 'output': is missing"),
                           ('{"instruction": "x", "input": "y", "output": " "}', "line 3: field 'output': is empty"),
-                          ('{"instruction": 7, "input": "y", "output": "z"}', "line 3: field 'instruction'")):
+                          ('{"instruction": 7, "input": "y", "output": "z"}', "line 3: field 'instruction'"),
+                          ('["x", "y", "z"]', "bad.jsonl line 3: not a JSON object")):
         bad = tmp_path / "bad.jsonl"
         bad.write_text(good + good + row + "\n")
         result = CliRunner().invoke(app, ["train", "--samples", str(bad), "--config", CONFIG,

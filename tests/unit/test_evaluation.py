@@ -123,6 +123,10 @@ def test_compare_refuses_different_users_missing_metrics_and_missing_files(tmp_p
     _per_user(tmp_path / "dup", ["u1", "u1", "u2"], [0.1, 0.2, 0.3])
     with pytest.raises(DataFormatError, match="'u1' appears more than once"):
         compare_evaluations(run_a, tmp_path / "dup")
+    (tmp_path / "nouser").mkdir()
+    pd.DataFrame({"ndcg@10": [0.1]}).to_parquet(tmp_path / "nouser" / "per_user.parquet")
+    with pytest.raises(DataFormatError, match="lack the 'user' column"):
+        compare_evaluations(run_a, tmp_path / "nouser")
 
 
 # ----------------------------------------------------------------------------------------------- grounding
