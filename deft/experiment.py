@@ -50,23 +50,20 @@ HEADLINE_ARMS = ("random", "dealrec")
 def plan_runs(cfg: DeftConfig, pool_size: int) -> list[ArmRun]:
     """Every arm-budget-seed, the headline comparison first.
 
-    First ``random`` and ``dealrec`` at each budget for every seed, with the full pool after the first seed
-    it is run with (its seeds go with the same-numbered seed); then the other arms, seed by seed. An
-    experiment that takes days is then interrupted with the question it exists to answer (does ``dealrec``
-    beat ``random`` and match ``full``, at what cost) measured over all seeds before any other baseline.
+    First ``random`` and ``dealrec`` at each budget for every seed, then the full pool (each of its seeds),
+    then the other arms, seed by seed. The full pool goes after the pruned headline runs because it alone
+    costs about as much as all of them together (it trains on every sample): an experiment that takes days
+    then has its first question (does ``dealrec`` beat ``random``, over every seed) answered in a fraction of
+    that time, and the second (does it match ``full``, at what cost) next, before any other baseline.
     """
     e = cfg.experiment
     budgets = [resolve_budget(b, pool_size) for b in e.budgets]
     pruned = [a for a in e.arms if a != "full"]
     headline = [a for a in pruned if a in HEADLINE_ARMS]
     others = [a for a in pruned if a not in HEADLINE_ARMS]
-    seeds = list(dict.fromkeys([*e.seeds, *e.full_seeds]))
-    runs = []
-    for seed in seeds:
-        if seed in e.seeds:
-            runs.extend(ArmRun(a, b, seed) for b in budgets for a in headline)
-        if "full" in e.arms and seed in e.full_seeds:
-            runs.append(ArmRun("full", None, seed))
+    runs = [ArmRun(a, b, seed) for seed in e.seeds for b in budgets for a in headline]
+    if "full" in e.arms:
+        runs.extend(ArmRun("full", None, seed) for seed in e.full_seeds)
     for seed in e.seeds:
         runs.extend(ArmRun(a, b, seed) for b in budgets for a in others)
     return runs

@@ -8,12 +8,12 @@ def _cfg(**experiment):
     return from_dict({"experiment": experiment})
 
 
-def test_headline_runs_of_every_seed_come_before_other_arms():
+def test_headline_runs_of_every_seed_then_full_come_before_other_arms():
     cfg = _cfg(arms=["full", "random", "grand", "dealrec"], budgets=[256, 512], seeds=[0, 1], full_seeds=[0])
     keys = [run.key for run in plan_runs(cfg, 10_000)]
     assert keys == [
-        "random-256-s0", "dealrec-256-s0", "random-512-s0", "dealrec-512-s0", "full-all-s0",
-        "random-256-s1", "dealrec-256-s1", "random-512-s1", "dealrec-512-s1",
+        "random-256-s0", "dealrec-256-s0", "random-512-s0", "dealrec-512-s0",
+        "random-256-s1", "dealrec-256-s1", "random-512-s1", "dealrec-512-s1", "full-all-s0",
         "grand-256-s0", "grand-512-s0", "grand-256-s1", "grand-512-s1",
     ]
 
