@@ -235,8 +235,29 @@ def training_fingerprint(loaded: LoadedModel, train: pd.DataFrame, valid: pd.Dat
 
 
 def _result_from_json(out_dir: Path, saved: dict[str, Any]) -> TrainResult:
+    best = saved["best_epoch"] if "best_epoch" in saved else best_epoch_from_log(
+        out_dir / "train_log.json", saved["steps"] / max(1, saved["epochs_run"]))
     return TrainResult(out_dir / "adapter", saved["best_valid_loss"], saved["epochs_run"], saved["steps"],
-                       saved["wall_s"], saved["samples_per_s"], out_dir / "train_log.json", saved.get("best_epoch"))
+                       saved["wall_s"], saved["samples_per_s"], out_dir / "train_log.json", best)
+
+
+def best_epoch_from_log(log_path: Path, steps_per_epoch: float) -> float | None:
+    """The kept adapter's epoch read back from the training log: the step of the first lowest validation loss.
+    For results saved before ``best_epoch`` was recorded; None where the log or its validation entries are
+    missing."""
+    if not log_path.is_file():
+        return None
+    best_step, best_loss = None, float("inf")
+    for entry in read_json(log_path):
+        if entry.get("valid_loss") is not None and entry["valid_loss"] < best_loss:
+            best_step, best_loss = entry["step"], entry["valid_loss"]
+    return None if best_step is None else round(best_step / steps_per_epoch, 2)
+
+
+def finished_best_epoch(out_dir: str | Path) -> float | None:
+    """``best_epoch`` of the finished training run in ``out_dir`` (recorded, or read back from its log)."""
+    out_dir = Path(out_dir)
+    return _result_from_json(out_dir, read_json(out_dir / "train_result.json")).best_epoch
 
 
 def _previous_run(out_dir: Path, fp: str, overwrite: bool) -> tuple[TrainResult | None, Path | None]:

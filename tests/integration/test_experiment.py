@@ -2,6 +2,7 @@
 and a resumed run that recomputes nothing."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,21 @@ def test_resume_recomputes_nothing(experiment):
     assert result.exit_code == 0, result.output
     assert {p: p.stat().st_mtime_ns for p in experiment.glob("arms/*/record.json")} == records
     assert {p: p.stat().st_mtime_ns for p in (experiment / "stages").iterdir()} == stages
+
+
+def test_cached_records_without_the_kept_epoch_get_it_from_the_training_log(experiment, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(experiment, copy)
+    before = {r["key"]: r["train"]["best_epoch"] for r in json.loads((copy / "results.json").read_text())["runs"]}
+    assert all(v is not None for v in before.values())
+    for path in [*copy.glob("arms/*/record.json"), *copy.glob("arms/*/train/train_result.json")]:
+        saved = json.loads(path.read_text())  # as a version that did not record the kept epoch wrote them
+        saved.get("train", saved).pop("best_epoch")
+        path.write_text(json.dumps(saved))
+    result = CliRunner().invoke(app, ["--quiet", "bench", "tiny", "--out", str(copy)])
+    assert result.exit_code == 0, result.output
+    after = {r["key"]: r["train"]["best_epoch"] for r in json.loads((copy / "results.json").read_text())["runs"]}
+    assert after == before
 
 
 def test_changed_training_setting_is_refused_without_overwrite(experiment, tmp_path):

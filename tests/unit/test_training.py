@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pandas as pd
@@ -161,3 +162,24 @@ def test_early_stopping_after_patience(tiny, tmp_path):
     assert result.epochs_run == 2
     assert result.best_epoch == 1.0  # the kept adapter is the first epoch's; the second only confirmed it
     assert read_json(tmp_path / "train_result.json")["best_epoch"] == 1.0
+
+
+def test_best_epoch_of_a_result_saved_without_it_is_read_back_from_the_log(tiny, tmp_path):
+    train_lora(tiny, _frame(), _frame(4), LoraConfig(), _cfg(lr=1e-12, epochs=5, patience=1), tmp_path,
+               progress=False)
+    saved = read_json(tmp_path / "train_result.json")
+    assert training.finished_best_epoch(tmp_path) == saved["best_epoch"] == 1.0
+    del saved["best_epoch"]  # as written by a version that did not record it
+    (tmp_path / "train_result.json").write_text(json.dumps(saved))
+    assert training.finished_best_epoch(tmp_path) == 1.0
+
+
+def test_best_epoch_from_log_takes_the_first_lowest_validation_loss(tmp_path):
+    log = [{"step": 4, "loss": 2.0}, {"step": 8, "loss": 1.5, "valid_loss": 1.9},
+           {"step": 16, "loss": 1.2, "valid_loss": 1.7}, {"step": 24, "loss": 1.1, "valid_loss": 1.7},
+           {"step": 32, "loss": 1.0, "valid_loss": 1.8}]
+    (tmp_path / "log.json").write_text(json.dumps(log))
+    assert training.best_epoch_from_log(tmp_path / "log.json", steps_per_epoch=8) == 2.0
+    (tmp_path / "none.json").write_text(json.dumps(log[:1]))
+    assert training.best_epoch_from_log(tmp_path / "none.json", 8) is None
+    assert training.best_epoch_from_log(tmp_path / "missing.json", 8) is None
