@@ -441,6 +441,8 @@ class ExperimentConfig:
             seeds = getattr(self, name)
             if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
                 out.append(f"`{p}.{name}` must be a non-empty list of non-negative integers, got {seeds!r}")
+            elif len(set(seeds)) != len(seeds):  # a repeated seed would be one run counted twice in the means
+                out.append(f"`{p}.{name}` repeats a seed, got {seeds!r}")
         bad = [r for r in self.references if r not in ("sasrec", "popularity")]
         if bad:
             out.append(f"`{p}.references` must be a subset of ['sasrec', 'popularity'], got {self.references!r}")

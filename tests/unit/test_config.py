@@ -71,3 +71,10 @@ def test_every_shipped_yaml_loads(path):
     assert first.startswith("#"), f"{path} must start with a comment giving the command that uses it"
     load_config(path)
     assert isinstance(yaml.safe_load(path.read_text()), dict)
+
+
+def test_repeated_experiment_seeds_are_refused():
+    with pytest.raises(ConfigError, match=r"`experiment.seeds` repeats a seed, got \[0, 1, 0\]"):
+        from_dict({"experiment": {"seeds": [0, 1, 0]}})
+    with pytest.raises(ConfigError, match="`experiment.full_seeds` repeats a seed"):
+        from_dict({"experiment": {"full_seeds": [2, 2]}})
