@@ -158,11 +158,12 @@ def _cached_record(pipe: Pipeline, pool: Pool, run: ArmRun) -> dict[str, Any] | 
         return None
     record, fp = read_json(record_path), _arm_fingerprint(pipe, pool, run)
     if record.get("fingerprint") == fp:
-        if record["train"].get("best_epoch") is None and (record_path.parent / "train" / "train_result.json").is_file():
+        train_dir = record_path.parent / "train"
+        if record["train"].get("best_epoch") is None and (train_dir / "train_result.json").is_file():
             from deft.training import finished_best_epoch
 
             # records written before the kept epoch was recorded: read it back from the training log
-            record["train"]["best_epoch"] = finished_best_epoch(record_path.parent / "train")
+            record["train"]["best_epoch"] = finished_best_epoch(train_dir)
         return record
     if not pipe.run.overwrite:
         raise ArtifactMismatchError(
