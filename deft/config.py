@@ -400,8 +400,8 @@ class EvaluationConfig:
     ks: list[int] = field(default_factory=lambda: [10, 20])
     exclude_history: bool = False
     max_users: int | None = None  # evaluate the first N test users only (None = all)
-    bootstrap_samples: int = 1000
-    seed: int = 0
+    bootstrap_samples: int = 1000  # paired-bootstrap resamples for intervals between runs
+    seed: int = 0  # the bootstrap's seed
 
     def problems(self, p: str = "evaluation") -> list[str]:
         out: list[str] = []
@@ -415,6 +415,11 @@ class EvaluationConfig:
             out.append(f"`{p}.ks` must be a non-empty list of positive integers, got {self.ks!r}")
         _positive_int(out, f"{p}.bootstrap_samples", self.bootstrap_samples)
         return out
+
+    def result_settings(self) -> dict[str, Any]:
+        """The settings that can change per-user results (what fingerprints hash): the bootstrap's are read
+        only when a report compares two runs."""
+        return {k: v for k, v in to_dict(self).items() if k not in ("bootstrap_samples", "seed")}
 
 
 ARMS = ("full", "random", "greedy", "grand", "el2n", "ccs", "influence_only", "effort_only", "dealrec", "kcenter")

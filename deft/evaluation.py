@@ -39,7 +39,7 @@ from deft.artifacts import (
     write_npy,
     write_parquet,
 )
-from deft.config import EvaluationConfig, to_dict
+from deft.config import EvaluationConfig
 from deft.data.encoding import Encoded, length_sorted_batches, pad_batch
 from deft.data.prompts import render_prompt
 from deft.errors import ArtifactMismatchError, DataFormatError
@@ -467,7 +467,7 @@ def evaluate(loaded: LoadedModel, adapter_dir: str | Path | None, users: pd.Data
     fp = fingerprint({"model": loaded.fingerprint, "adapter": _adapter_fingerprint(adapter_dir),
                       "users": frame_fingerprint(users[list(USER_COLUMNS)]),
                       "titles": fingerprint(sorted([str(k), v] for k, v in titles.items())),
-                      "eval": to_dict(eval_cfg), "max_new_tokens": max_new,
+                      "eval": eval_cfg.result_settings(), "max_new_tokens": max_new,
                       # generation and grounding differ in the low bits between fp32 and bf16 runs
                       "precision": [str(loaded.weights_dtype), str(loaded.autocast_dtype)]})
     cached = _cached(out_dir, fp, overwrite)

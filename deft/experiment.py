@@ -20,6 +20,7 @@ from deft.artifacts import fingerprint, measure, read_json, read_parquet, write_
 from deft.config import DeftConfig, headline_k, resolve_budget, to_dict
 from deft.errors import ArtifactMismatchError
 from deft.pipeline import SCORE_STAGE, Pipeline, Pool, method_scores, method_stages
+from deft.selection import settings_used
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,9 @@ def _cached_record(pipe: Pipeline, pool: Pool, run: ArmRun) -> dict[str, Any] | 
     if not record_path.is_file():
         return None
     record, fp = read_json(record_path), _arm_fingerprint(pipe, pool, run)
+    if record.get("fingerprint") == _wide_arm_fingerprint(pipe, pool, run):
+        record["fingerprint"] = fp
+        write_json(record_path, record)
     if record.get("fingerprint") == fp:
         train_dir = record_path.parent / "train"
         if record["train"].get("best_epoch") is None and (train_dir / "train_result.json").is_file():
@@ -231,6 +235,24 @@ def _plot_selection(cfg: DeftConfig, scores: pd.DataFrame, run: ArmRun, selectio
 
 
 def _arm_fingerprint(pipe: Pipeline, pool: Pool, run: ArmRun) -> str:
+    """What the run's result depends on, and nothing else: the run's seed stands in for the training and
+    selection seeds, a method's unread selection settings and the bootstrap's are left out, so that changing
+    them keeps every finished run."""
+    c = pipe.cfg
+    stages = sorted({SCORE_STAGE[n] for n in method_scores(run.arm, c.selection.ccs_score)})
+    used = () if run.arm == "full" else settings_used(run.arm)
+    return fingerprint({"pool": pool.fingerprint, "scores": {s: pipe.stage_fp(s, pool) for s in stages},
+                        "run": [run.arm, run.budget, run.seed],
+                        "selection": {name: getattr(c.selection, name) for name in used},
+                        "training": replace(c.training, seed=run.seed).result_settings(),
+                        "lora": to_dict(c.lora), "model": pipe.llm().fingerprint,
+                        "evaluation": c.evaluation.result_settings()})
+
+
+def _wide_arm_fingerprint(pipe: Pipeline, pool: Pool, run: ArmRun) -> str:
+    """The fingerprint of records written before it was narrowed (DEFT 0.1.0): it hashed every selection,
+    training and evaluation setting. A record that matches it matches the narrower one too, so it is kept and
+    its fingerprint rewritten; nothing finished is recomputed for the change."""
     c = pipe.cfg
     stages = sorted({SCORE_STAGE[n] for n in method_scores(run.arm, c.selection.ccs_score)})
     return fingerprint({"pool": pool.fingerprint, "scores": {s: pipe.stage_fp(s, pool) for s in stages},

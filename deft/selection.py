@@ -317,6 +317,24 @@ def select(method: str, scores: Mapping[str, np.ndarray], budget: int | str, *, 
     return replace(sel, params={**sel.params, **extra})
 
 
+def settings_used(method: str) -> tuple[str, ...]:
+    """The keyword settings of :func:`select` (SelectionConfig fields of the same names) that ``method`` reads,
+    besides budget and seed. Result caches hash only these, so that e.g. changing ``lambda_`` does not
+    invalidate a random coreset."""
+    if method not in METHODS:
+        raise ValueError(f"selection method must be one of {list(METHODS)}, got {method!r}")
+    used: tuple[str, ...] = ()
+    if method in COVERAGE_METHODS + TOP_METHODS:
+        used += ("normalization",)
+    if method in COVERAGE_METHODS:
+        used += ("strata", "hard_prune")
+    if method in ("dealrec", "greedy"):
+        used += ("lambda_",)
+    if method == "ccs":
+        used += ("ccs_score",)
+    return used
+
+
 def select_many(method: str, scores: Mapping[str, np.ndarray], budgets: Sequence[int | str],
                 **kwargs: Any) -> dict[int, Selection]:
     """:func:`select` for each budget of a sweep with the same seed; keys are the resolved sample counts."""

@@ -83,6 +83,66 @@ def test_changed_training_setting_is_refused_without_overwrite(experiment, tmp_p
     assert {p: p.stat().st_mtime_ns for p in experiment.glob("arms/*/record.json")} == records
 
 
+def _tiny_config(tmp_path: Path, *edits: tuple[str, str]) -> Path:
+    text = (ROOT / "configs" / "bench" / "tiny.yaml").read_text()
+    for old, new in edits:
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / "changed.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_settings_a_run_does_not_read_keep_it(experiment, tmp_path, monkeypatch):
+    import deft.experiment as experiment_module
+
+    copy = tmp_path / "run"
+    shutil.copytree(experiment, copy)
+    records = {p: p.read_bytes() for p in copy.glob("arms/*/record.json")}
+    computed = []
+    monkeypatch.setattr(experiment_module, "_run_arm", lambda *a, **k: computed.append(a[-1].key))
+    # The bootstrap's settings are read only by the report; the run seeds replace training.seed and
+    # selection.seed; selection.method is the arms' business; random and full read no selection setting.
+    config = _tiny_config(tmp_path, ("  bootstrap_samples: 100", "  bootstrap_samples: 200\n  seed: 5"),
+                          ("  valid_samples: 8", "  valid_samples: 8\n  seed: 9"),
+                          ("  hard_prune: 0.1", "  hard_prune: 0.1\n  seed: 4\n  method: random"))
+    result = CliRunner().invoke(app, ["--quiet", "run", str(config), "--out", str(copy)])
+    assert result.exit_code == 0, result.output
+    assert computed == []
+    assert {p: p.read_bytes() for p in copy.glob("arms/*/record.json")} == records
+
+    # dealrec reads lambda_: its run (only) no longer matches.
+    config = _tiny_config(tmp_path, ("  hard_prune: 0.1", "  hard_prune: 0.1\n  lambda_: 2.0"))
+    result = CliRunner().invoke(app, ["run", str(config), "--out", str(copy)])
+    assert result.exit_code == 1 and computed == []
+    assert "arm dealrec-6-s0" in result.output and "random-6-s0" not in result.output
+
+
+def test_records_with_the_older_wider_fingerprint_are_kept(experiment, tmp_path, monkeypatch):
+    import deft.experiment as experiment_module
+
+    copy = tmp_path / "run"
+    shutil.copytree(experiment, copy)
+    narrow = {p: json.loads(p.read_text())["fingerprint"] for p in copy.glob("arms/*/record.json")}
+    real_cached_record = experiment_module._cached_record
+
+    def as_written_by_0_1_0(pipe, pool, run):
+        path = copy / "arms" / run.key / "record.json"
+        record = json.loads(path.read_text())
+        record["fingerprint"] = experiment_module._wide_arm_fingerprint(pipe, pool, run)
+        assert record["fingerprint"] != narrow[path]
+        path.write_text(json.dumps(record))
+        return real_cached_record(pipe, pool, run)
+
+    computed = []
+    monkeypatch.setattr(experiment_module, "_cached_record", as_written_by_0_1_0)
+    monkeypatch.setattr(experiment_module, "_run_arm", lambda *a, **k: computed.append(a[-1].key))
+    result = CliRunner().invoke(app, ["--quiet", "bench", "tiny", "--out", str(copy)])
+    assert result.exit_code == 0, result.output
+    assert computed == []
+    assert {p: json.loads(p.read_text())["fingerprint"] for p in copy.glob("arms/*/record.json")} == narrow
+
+
 class MachineGone(Exception):
     pass
 

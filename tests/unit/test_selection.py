@@ -24,6 +24,7 @@ from deft.selection import (
     select,
     select_many,
     selection_score,
+    settings_used,
 )
 
 N = 2000
@@ -50,6 +51,31 @@ def run(method: str, pool: dict, budget: int | str, emb: np.ndarray, **kw: objec
 
 def test_methods_match_the_config() -> None:
     assert METHODS == SELECTION_METHODS
+
+
+# Values for each setting other than select()'s defaults; the caches trust settings_used() to list every
+# setting a method reads, so changing any other must leave its coreset identical.
+OTHER_SETTINGS = {"strata": 7, "hard_prune": 0.3, "lambda_": 2.0, "normalization": "rank", "ccs_score": "grand"}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_settings_a_method_does_not_list_do_not_change_its_coreset(method: str, pool: dict,
+                                                                   embeddings: np.ndarray) -> None:
+    base = run(method, pool, 300, embeddings, seed=3)
+    for name, value in OTHER_SETTINGS.items():
+        changed = run(method, pool, 300, embeddings, seed=3, **{name: value})
+        if name not in settings_used(method):
+            assert np.array_equal(changed.indices, base.indices), f"{method} reads {name}"
+
+
+@pytest.mark.parametrize(("method", "name"), [("dealrec", "lambda_"), ("dealrec", "strata"),
+                                              ("dealrec", "hard_prune"), ("ccs", "ccs_score"),
+                                              ("greedy", "lambda_"), ("influence_only", "normalization")])
+def test_a_listed_setting_can_change_the_coreset(method: str, name: str, pool: dict) -> None:
+    assert name in settings_used(method)
+    base = run(method, pool, 300, None, seed=3)
+    assert not np.array_equal(run(method, pool, 300, None, seed=3, **{name: OTHER_SETTINGS[name]}).indices,
+                              base.indices)
 
 
 # ----------------------------------------------------------------------------------------------- invariants
