@@ -142,16 +142,38 @@ def speed_lines(runs: list[dict[str, Any]]) -> list[str]:
             f"- evaluation: {spread(evaluated)} per test user (generation, grounding and metrics)", ""]
 
 
-def _level_lines(ax: Any, summary: list[dict[str, Any]], metric: str, references: dict[str, Any] | None) -> None:
-    """The full pool (dashed) and the non-LLM references (dotted, labelled) as horizontal lines."""
+# A reference line more than this many times above the highest arm would flatten every arm into the axis floor;
+# such references are named in a corner instead (the table lists them all).
+OFF_SCALE = 3.0
+
+
+def split_references(summary: list[dict[str, Any]], metric: str,
+                     references: dict[str, Any] | None) -> tuple[dict[str, float], dict[str, float]]:
+    """The non-LLM references to draw as lines, and those so far above every arm (mean + std, the full pool
+    included) that they go in a note instead."""
+    values = {name: float(ref[metric]) for name, ref in (references or {}).items()
+              if isinstance(ref, dict) and metric in ref}
+    top = max((r[metric] + (r.get(f"{metric}_std") or 0.0) for r in summary if metric in r), default=0.0)
+    if top <= 0:
+        return values, {}
+    drawn = {k: v for k, v in values.items() if v <= OFF_SCALE * top}
+    return drawn, {k: v for k, v in values.items() if k not in drawn}
+
+
+def _level_lines(ax: Any, summary: list[dict[str, Any]], metric: str, references: dict[str, Any] | None) -> str:
+    """The full pool (dashed) and the non-LLM references (dotted, labelled) as horizontal lines; returns a
+    line for the title naming the references too far above to draw (empty if none)."""
     full = next((r for r in summary if r["arm"] == "full" and metric in r), None)
     if full is not None:
         ax.axhline(full[metric], color="black", ls="--", lw=1, label="full pool")
-    for name, ref in (references or {}).items():
-        if isinstance(ref, dict) and metric in ref:
-            ax.axhline(ref[metric], ls=":", lw=1, color="grey")
-            ax.annotate(name, (0.01, ref[metric]), xycoords=("axes fraction", "data"), fontsize=7, color="grey",
-                        va="bottom")
+    drawn, off_scale = split_references(summary, metric, references)
+    for name, value in drawn.items():
+        ax.axhline(value, ls=":", lw=1, color="grey")
+        ax.annotate(name, (0.01, value), xycoords=("axes fraction", "data"), fontsize=7, color="grey",
+                    va="bottom")
+    if not off_scale:
+        return ""
+    return "non-LLM references above the scale: " + ", ".join(f"{name} {value:.4f}" for name, value in off_scale.items())
 
 
 def plot_metric_by_arm(summary: list[dict[str, Any]], path: Path, metric: str = "ndcg@10",
@@ -171,10 +193,10 @@ def plot_metric_by_arm(summary: list[dict[str, Any]], path: Path, metric: str = 
                 ys.append(row[metric])
                 es.append(row.get(f"{metric}_std", 0.0))
         ax.bar(xs, ys, width, yerr=es, capsize=3, label=f"budget {budget}")
-    _level_lines(ax, summary, metric, references)
+    note = _level_lines(ax, summary, metric, references)
     ax.set_xticks(range(len(arms)), arms, rotation=30, ha="right")
     ax.set_ylabel(metric.upper())
-    ax.set_title(f"{metric.upper()} by arm and budget (mean ± std over seeds)")
+    ax.set_title(f"{metric.upper()} by arm and budget (mean ± std over seeds)" + (f"\n{note}" if note else ""))
     ax.legend(fontsize=8)
     save_figure(fig, path, metric)
 
@@ -185,17 +207,22 @@ def plot_metric_by_budget(summary: list[dict[str, Any]], path: Path, metric: str
     references as horizontal lines."""
     fig = new_figure(7, 4)
     ax = fig.subplots()
-    for arm in dict.fromkeys(r["arm"] for r in summary if r["budget"] is not None):
+    arms = list(dict.fromkeys(r["arm"] for r in summary if r["budget"] is not None))
+    for i, arm in enumerate(arms):
         rows = sorted((r for r in summary if r["arm"] == arm and r["budget"] is not None and metric in r),
                       key=lambda r: r["budget"])
         style = {"lw": 2.5, "zorder": 3} if arm == "dealrec" else {"lw": 1, "alpha": 0.8}
-        ax.errorbar([r["budget"] for r in rows], [r[metric] for r in rows],
+        dodge = 2 ** (0.03 * (i - (len(arms) - 1) / 2))  # arms side by side, so equal means stay visible
+        ax.errorbar([r["budget"] * dodge for r in rows], [r[metric] for r in rows],
                     yerr=[r.get(f"{metric}_std", 0.0) for r in rows], marker="o", capsize=3, label=arm, **style)
-    _level_lines(ax, summary, metric, references)
+    note = _level_lines(ax, summary, metric, references)
     ax.set_xscale("log", base=2)
+    budgets = sorted({r["budget"] for r in summary if r["budget"] is not None})
+    ax.set_xticks(budgets, [str(b) for b in budgets])
+    ax.minorticks_off()
     ax.set_xlabel("budget (samples, log scale)")
     ax.set_ylabel(metric.upper())
-    ax.set_title(f"{metric.upper()} vs budget (mean ± std over seeds)")
+    ax.set_title(f"{metric.upper()} vs budget (mean ± std over seeds)" + (f"\n{note}" if note else ""))
     ax.legend(fontsize=7, ncol=2)
     save_figure(fig, path, f"{metric} vs budget")
 

@@ -255,3 +255,23 @@ def test_epochs_cell_shows_the_kept_epoch_where_recorded():
     assert _epochs_cell({"epochs": [4, 6], "best_epochs": [3.0, 5.5]}) == "4 (best 3), 6 (best 5.5)"
     assert _epochs_cell({"epochs": [4, 6], "best_epochs": [None, float("nan")]}) == "4, 6"  # older records
     assert _epochs_cell({"epochs": [4]}) == "4"
+
+
+def test_references_far_above_every_arm_are_named_not_drawn() -> None:
+    from deft.report.experiment import split_references
+
+    summary = [{"arm": "random", "budget": 256, "ndcg@10": 0.003, "ndcg@10_std": 0.001},
+               {"arm": "full", "budget": None, "ndcg@10": 0.005}]
+    refs = {"sasrec": {"ndcg@10": 0.0554}, "popularity": {"ndcg@10": 0.012}, "note": "not a reference"}
+    drawn, off = split_references(summary, "ndcg@10", refs)
+    assert drawn == {"popularity": 0.012} and off == {"sasrec": 0.0554}  # 3 x the full pool's 0.005 = 0.015
+    assert split_references([], "ndcg@10", refs) == ({"sasrec": 0.0554, "popularity": 0.012}, {})
+
+
+def test_metric_by_budget_plot_with_references_off_the_scale(tmp_path: Path) -> None:
+    from deft.report.experiment import plot_metric_by_budget
+
+    summary = [{"arm": a, "budget": b, "ndcg@10": 0.003, "ndcg@10_std": 0.001}
+               for a in ("random", "dealrec") for b in (256, 512)]
+    plot_metric_by_budget(summary, tmp_path / "p.png", references={"sasrec": {"ndcg@10": 0.0554}})
+    assert (tmp_path / "p.png").stat().st_size > 1000
