@@ -309,21 +309,45 @@ def compare(a, b, metrics, samples, seed) -> None:
 # ----------------------------------------------------------------------------------------------- experiments
 
 
+def _parse_set(ctx, param, items: tuple[str, ...]) -> dict[str, Any]:
+    """`--set section.key=value` items as dotted overrides; values are YAML (`4`, `0.5`, `[random, dealrec]`)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        dotted, sep, text = item.partition("=")
+        section, dot, key = dotted.strip().partition(".")
+        if not sep or not dot or not section or not key:
+            raise click.BadParameter(f"expected SECTION.KEY=VALUE, e.g. training.epochs=4; got {item!r}")
+        try:
+            out[f"{section}.{key}"] = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise click.BadParameter(f"{item!r}: the value is not valid YAML ({exc.problem})") from exc
+    return out
+
+
+_set_option = click.option(
+    "--set", "overrides", multiple=True, callback=_parse_set, metavar="SECTION.KEY=VALUE",
+    help="Override one config setting (repeatable), e.g. --set experiment.arms=[random,dealrec].")
+
+
 @app.command()
 @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Experiment directory.")
+@_set_option
 @click.option("--overwrite", is_flag=True, help="Replace cached arms made with other settings.")
 @click.pass_context
-def run(ctx, config_path, out, overwrite) -> None:
+def run(ctx, config_path, out, overrides, overwrite) -> None:
     """An experiment of arms x budgets x seeds: results.json, results.md and plots; resumes from cached arms.
 
     \b
     Example: deft run configs/bench/ml100k-cpu.yaml --out runs/bench-cpu
+             deft run configs/bench/ml100k-cpu.yaml --out runs/quick --set experiment.seeds=[0]
     """
     from deft.config import load_config
     from deft.experiment import run_experiment
 
-    cfg = load_config(config_path)
+    cfg = load_config(config_path, overrides)
     result = run_experiment(cfg, out, overwrite=overwrite, progress=not ctx.obj["quiet"],
                             command=" ".join(["deft", *sys.argv[1:]]))
     click.echo(f"results: {result.markdown}")
@@ -332,16 +356,19 @@ def run(ctx, config_path, out, overwrite) -> None:
 @app.command()
 @click.argument("name", type=click.Choice(["ml100k-cpu", "ml100k-full", "ml100k-mini", "tiny"]))
 @click.option("--out", type=click.Path(file_okay=False), help="Experiment directory (default runs/bench-NAME).")
+@_set_option
 @click.option("--overwrite", is_flag=True, help="Replace cached arms made with other settings.")
 @click.pass_context
-def bench(ctx, name, out, overwrite) -> None:
+def bench(ctx, name, out, overrides, overwrite) -> None:
     """Run a named benchmark tier from configs/bench/ (shortcut for `deft run`).
 
     \b
     Example: deft bench ml100k-cpu
+             deft bench ml100k-cpu --set experiment.arms=[random,dealrec]   the headline arms only
     """
     config_path = Path(__file__).resolve().parent.parent / "configs" / "bench" / f"{name}.yaml"
-    ctx.invoke(run, config_path=str(config_path), out=out or f"runs/bench-{name}", overwrite=overwrite)
+    ctx.invoke(run, config_path=str(config_path), out=out or f"runs/bench-{name}", overrides=overrides,
+               overwrite=overwrite)
 
 
 def main() -> None:

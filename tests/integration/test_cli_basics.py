@@ -87,3 +87,16 @@ def test_compare_prints_each_metric_with_interval_and_verdict(tmp_path):
     assert result.output.rstrip().endswith("A better")
     bad = invoke("compare", str(tmp_path / "a"), str(tmp_path / "b"), "--metric", "ndcg@20")
     assert bad.exit_code == 1 and bad.output.startswith("error: ") and "ndcg@20" in bad.output
+
+
+def test_set_overrides_are_checked_before_anything_runs(tmp_path):
+    tiny = str(ROOT / "configs" / "bench" / "tiny.yaml")
+    out = tmp_path / "run"
+    result = invoke("run", tiny, "--out", str(out), "--set", "training.epoch=2", "--set", "selection.strata=0")
+    assert result.exit_code == 1
+    assert "unknown key `training.epoch`" in result.output and "selection.strata" in result.output
+    result = invoke("bench", "tiny", "--out", str(out), "--set", "epochs=2")
+    assert result.exit_code == 2 and "SECTION.KEY=VALUE" in result.output and "'epochs=2'" in result.output
+    result = invoke("bench", "tiny", "--out", str(out), "--set", "experiment.arms=[random")
+    assert result.exit_code == 2 and "not valid YAML" in result.output
+    assert not out.exists()

@@ -143,6 +143,22 @@ def test_records_with_the_older_wider_fingerprint_are_kept(experiment, tmp_path,
     assert {p: json.loads(p.read_text())["fingerprint"] for p in copy.glob("arms/*/record.json")} == narrow
 
 
+def test_set_narrows_the_arms_and_reuses_their_cached_runs(experiment, tmp_path, monkeypatch):
+    import deft.experiment as experiment_module
+
+    copy = tmp_path / "run"
+    shutil.copytree(experiment, copy)
+    computed = []
+    monkeypatch.setattr(experiment_module, "_run_arm", lambda *a, **k: computed.append(a[-1].key))
+    result = CliRunner().invoke(app, ["--quiet", "bench", "tiny", "--out", str(copy),
+                                      "--set", "experiment.arms=[random, dealrec]"])
+    assert result.exit_code == 0, result.output
+    assert computed == []
+    results = json.loads((copy / "results.json").read_text())
+    assert [r["key"] for r in results["runs"]] == ["random-6-s0", "dealrec-6-s0"]
+    assert results["config"]["experiment"]["arms"] == ["random", "dealrec"]
+
+
 class MachineGone(Exception):
     pass
 
