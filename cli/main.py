@@ -254,7 +254,7 @@ def train(ctx, samples_path, valid_path, out, config_path, model, device, epochs
 
 
 @app.command()
-@click.argument("source", default="ml-100k")
+@click.argument("source", required=False)  # none: the config's data.source (default ml-100k)
 @_data_options
 @click.option("--adapter", type=click.Path(file_okay=False), help="LoRA adapter directory (none = the base model).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")

@@ -3,7 +3,7 @@
 >>> import deft
 >>> out = deft.prune(dataset, budget=256, out="runs/curated")   # a datasets.Dataset or a pandas DataFrame
 >>> out.coreset      # same type as the input, the chosen rows with their fields unchanged (+ stratum)
->>> out.scores       # pandas DataFrame: sample_id + one column per score
+>>> out.scores       # pandas DataFrame: sample_id (a string; the row number if the input has none) + one column per score
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def prune(
     data: Any,
     budget: int | str | list[int | str],
     *,
-    method: str = "dealrec",
+    method: str | None = None,
     out: str | Path | None = None,
     config: str | Path | DeftConfig | None = None,
     model: str | None = None,
@@ -50,21 +50,20 @@ def prune(
     ``data`` is a Hugging Face ``datasets.Dataset`` or a pandas DataFrame of samples with columns
     ``instruction``, ``input``, ``output`` (and ``sample_id``, ``user``, ``history``, ``target_item`` for the
     surrogate-based scores), or a source name/path such as ``"ml-100k"``. The coreset comes back in the same
-    type as ``data`` (a DataFrame for a source name). ``out`` is the run directory (a temporary one if None);
-    finished stages in it are reused.
+    type as ``data`` (a DataFrame for a source name), each chosen row exactly as given (same fields, same
+    types) plus its ``stratum``. ``method`` defaults to the config's ``selection.method`` (``dealrec``).
+    ``out`` is the run directory (a temporary one if None); finished stages in it are reused.
     """
     cfg = _resolve_config(config, method=method, model=model, seed=seed, lambda_=lambda_, strata=strata,
                           hard_prune=hard_prune, budget=budget, source=data if isinstance(data, str) else None)
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="deft-prune-"))
     from deft.pipeline import run_prune
 
-    samples, to_input_type = _as_frame(data)
+    samples = _as_frame(data)
     result = run_prune(cfg, out, overwrite=overwrite, progress=progress, samples=samples)
-    pool = result.pool.samples
-    coresets = {}
-    for b, selection in result.selections.items():
-        chosen = pool.iloc[selection.indices].reset_index(drop=True).assign(stratum=selection.strata)
-        coresets[b] = to_input_type(chosen)
+    # The pool keeps the input's row order, so a selection's indices are rows of the input itself.
+    source = result.pool.samples if samples is None else data
+    coresets = {b: _chosen_rows(source, selection) for b, selection in result.selections.items()}
     first = next(iter(coresets.values()))
     return PruneOutput(first, coresets, result.scores, result.selections, out)
 
@@ -87,31 +86,33 @@ def _resolve_config(config, *, method, model, seed, lambda_, strata, hard_prune,
     return from_dict(raw)
 
 
-def _as_frame(data: Any):
-    """The samples as a DataFrame (None for a source name) and a function back to the input's type."""
+def _as_frame(data: Any) -> pd.DataFrame | None:
+    """The samples as a DataFrame with string sample ids (None for a source name)."""
     if isinstance(data, str):
-        return None, lambda frame: frame
+        return None
     if isinstance(data, pd.DataFrame):
-        frame = data.reset_index(drop=True)
-        return _with_ids(frame), lambda chosen: chosen
+        return _with_ids(data.reset_index(drop=True))
+    if _is_dataset(data):
+        return _with_ids(data.to_pandas())
+    raise DeftError(f"prune() takes a datasets.Dataset, a pandas DataFrame or a source name, got {type(data).__name__}")
+
+
+def _is_dataset(data: Any) -> bool:
     try:
         import datasets
     except ImportError:  # pragma: no cover - datasets is a dependency
-        datasets = None
-    if datasets is not None and isinstance(data, datasets.Dataset):
-        features = data.features
-        frame = data.to_pandas()
+        return False
+    return isinstance(data, datasets.Dataset)
 
-        def back(chosen: pd.DataFrame):
-            keep = [c for c in chosen.columns if c in features or c == "stratum"]
-            return datasets.Dataset.from_pandas(chosen[keep], preserve_index=False)
 
-        return _with_ids(frame), back
-    raise DeftError(f"prune() takes a datasets.Dataset, a pandas DataFrame or a source name, got {type(data).__name__}")
+def _chosen_rows(data: Any, selection: Any) -> Any:
+    """The selected rows of ``data`` in its own type, fields and feature types untouched, plus ``stratum``."""
+    if _is_dataset(data):
+        return data.select(selection.indices).add_column("stratum", selection.strata.tolist())
+    return data.iloc[selection.indices].reset_index(drop=True).assign(stratum=selection.strata)
 
 
 def _with_ids(frame: pd.DataFrame) -> pd.DataFrame:
     if "sample_id" not in frame.columns:
-        frame = frame.assign(sample_id=[str(i) for i in range(len(frame))])
-    frame["sample_id"] = frame["sample_id"].astype(str)
-    return frame
+        return frame.assign(sample_id=[str(i) for i in range(len(frame))])
+    return frame.assign(sample_id=frame["sample_id"].astype(str))  # a copy: the caller's frame is not touched

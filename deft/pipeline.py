@@ -258,7 +258,7 @@ class Pipeline:
         embeddings = self.sample_embeddings(pool) if method == "kcenter" else None
         return {b: sel.select(method, columns, b, strata=c.strata, hard_prune=c.hard_prune, lambda_=c.lambda_,
                               normalization=c.normalization, seed=c.seed if seed is None else seed,
-                              embeddings=embeddings, ccs_score=c.ccs_score)
+                              embeddings=embeddings, ccs_score=c.ccs_score, pool_size=n)
                 for b in resolved}
 
     def sample_embeddings(self, pool: Pool) -> np.ndarray:

@@ -259,12 +259,14 @@ def selection_score(method: str, scores: Mapping[str, np.ndarray], *, lambda_: f
     raise ValueError(f"selection method must be one of {list(METHODS)}, got {method!r}")
 
 
-def _pool_size(scores: Mapping[str, np.ndarray], embeddings: np.ndarray | None) -> int:
+def _pool_size(scores: Mapping[str, np.ndarray], embeddings: np.ndarray | None, pool_size: int | None = None) -> int:
     sizes = {k: len(v) for k, v in scores.items()}
     if embeddings is not None:
         sizes["<embeddings>"] = len(embeddings)
+    if pool_size is not None:
+        sizes["pool_size"] = int(pool_size)
     if not sizes:
-        raise ValueError("cannot tell the pool size: no scores and no embeddings given")
+        raise ValueError("cannot tell the pool size: no scores, no embeddings and no pool_size given")
     if len(set(sizes.values())) > 1:
         raise ValueError(f"scores must all have one value per pool sample, got lengths {sizes}")
     return next(iter(sizes.values()))
@@ -284,15 +286,16 @@ def _resolve(budget: int | str, n: int) -> int:
 
 def select(method: str, scores: Mapping[str, np.ndarray], budget: int | str, *, strata: int = 50,
            hard_prune: float = 0.1, lambda_: float = 0.5, normalization: str = "minmax", seed: int = 0,
-           embeddings: np.ndarray | None = None, ccs_score: str = "el2n") -> Selection:
+           embeddings: np.ndarray | None = None, ccs_score: str = "el2n", pool_size: int | None = None) -> Selection:
     """Choose a coreset of ``budget`` samples (an int, or a string like ``"2%"`` of the pool) with ``method``.
 
     Coverage methods (dealrec, ccs, influence_only, effort_only) hard-prune and stratify; top-m methods
     (greedy, grand, el2n), random and kcenter use the whole pool. ``params`` records every setting used.
+    The pool size comes from the scores (or embeddings); ``pool_size`` gives it when there are none (random).
     """
     if method not in METHODS:
         raise ValueError(f"selection method must be one of {list(METHODS)}, got {method!r}")
-    n = _pool_size(scores, embeddings)
+    n = _pool_size(scores, embeddings, pool_size)
     m = _resolve(budget, n)
     s = selection_score(method, scores, lambda_=lambda_, normalization=normalization, ccs_score=ccs_score)
     extra: dict[str, Any] = {"method": method}
@@ -338,7 +341,7 @@ def settings_used(method: str) -> tuple[str, ...]:
 def select_many(method: str, scores: Mapping[str, np.ndarray], budgets: Sequence[int | str],
                 **kwargs: Any) -> dict[int, Selection]:
     """:func:`select` for each budget of a sweep with the same seed; keys are the resolved sample counts."""
-    n = _pool_size(scores, kwargs.get("embeddings"))
+    n = _pool_size(scores, kwargs.get("embeddings"), kwargs.get("pool_size"))
     return {_resolve(b, n): select(method, scores, b, **kwargs) for b in budgets}
 
 

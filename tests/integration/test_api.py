@@ -66,3 +66,30 @@ def test_user_sequences_rebuilt_from_windows(pool):
     for user, seq in split.train.items():
         if len(seq) >= 2:
             assert rebuilt.train[user] + rebuilt.valid[user] == seq
+
+
+def test_fields_and_types_come_back_unchanged(pool, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    frame = pool.assign(sample_id=range(100, 100 + len(pool)), genre=pd.Categorical(["a", "b"] * (len(pool) // 2)
+                                                                                   + ["a"] * (len(pool) % 2)))
+    out = deft.prune(frame, budget=4, method="effort_only", config=CONFIG, out=tmp_path / "df", progress=False)
+    assert list(out.coreset.columns) == [*frame.columns, "stratum"]
+    assert out.coreset.drop(columns="stratum").dtypes.equals(frame.dtypes)  # int ids, categorical kept
+    assert frame["sample_id"].dtype.kind == "i"  # the caller's frame is not modified either
+    chosen = [int(i) for i in out.scores["sample_id"].iloc[out.selections[4].indices]]
+    assert list(out.coreset["sample_id"]) == chosen
+
+    features = datasets.Features({**datasets.Dataset.from_pandas(pool, preserve_index=False).features,
+                                  "label": datasets.ClassLabel(names=["no", "yes"])})
+    ds = datasets.Dataset.from_pandas(pool.assign(label=[i % 2 for i in range(len(pool))]), features=features,
+                                      preserve_index=False)
+    out = deft.prune(ds, budget=4, method="effort_only", config=CONFIG, out=tmp_path / "hf", progress=False)
+    assert {k: v for k, v in out.coreset.features.items() if k != "stratum"} == dict(ds.features)
+    assert out.coreset["sample_id"] == [ds[int(i)]["sample_id"] for i in out.selections[4].indices]
+
+
+def test_method_defaults_to_the_configs(pool, tmp_path):
+    config = tmp_path / "random.yaml"
+    config.write_text(CONFIG.read_text().replace("selection:\n", "selection:\n  method: random\n"))
+    out = deft.prune(pool, budget=4, config=config, out=tmp_path / "r", progress=False)
+    assert out.selections[4].params["method"] == "random"

@@ -100,3 +100,17 @@ def test_set_overrides_are_checked_before_anything_runs(tmp_path):
     result = invoke("bench", "tiny", "--out", str(out), "--set", "experiment.arms=[random")
     assert result.exit_code == 2 and "not valid YAML" in result.output
     assert not out.exists()
+
+
+def test_evaluate_without_a_source_reads_the_configs(tmp_path, monkeypatch):
+    import deft.pipeline
+
+    seen = {}
+    monkeypatch.setattr(deft.pipeline, "run_evaluate", lambda cfg, *a, **k: seen.setdefault("cfg", cfg))
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data:\n  source: {TINY}\n")
+    invoke("evaluate", "--config", str(config), "--out", str(tmp_path / "e"))
+    assert seen["cfg"].data.source == TINY
+    seen.clear()
+    invoke("evaluate", "--out", str(tmp_path / "e"))
+    assert seen["cfg"].data.source == "ml-100k"

@@ -317,3 +317,13 @@ def test_one_million_scores_select_fast() -> None:
     elapsed = time.perf_counter() - start
     assert len(sel) == 10_000
     assert elapsed < 2.0, f"1M-score selection took {elapsed:.2f} s"
+
+
+def test_random_needs_only_the_pool_size() -> None:
+    with pytest.raises(ValueError, match="no pool_size"):
+        select("random", {}, 3)
+    sel = select("random", {}, 3, seed=1, pool_size=10)
+    assert len(sel) == 3 and sel.indices.max() < 10
+    assert np.array_equal(sel.indices, select("random", {"effort": np.ones(10)}, 3, seed=1).indices)
+    with pytest.raises(ValueError, match="one value per pool sample"):
+        select("random", {"effort": np.ones(9)}, 3, pool_size=10)
