@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
-from pathlib import Path
 from typing import Any
 
 import click
@@ -366,9 +365,12 @@ def bench(ctx, name, out, overrides, overwrite) -> None:
     Example: deft bench ml100k-cpu
              deft bench ml100k-cpu --set experiment.arms=[random,dealrec]   the headline arms only
     """
-    config_path = Path(__file__).resolve().parent.parent / "configs" / "bench" / f"{name}.yaml"
-    ctx.invoke(run, config_path=str(config_path), out=out or f"runs/bench-{name}", overrides=overrides,
-               overwrite=overwrite)
+    from importlib.resources import as_file, files
+
+    # configs/bench/NAME.yaml in a checkout; the same file shipped as package data in an install
+    with as_file(files("deft_cli.bench") / f"{name}.yaml") as config_path:
+        ctx.invoke(run, config_path=str(config_path), out=out or f"runs/bench-{name}", overrides=overrides,
+                   overwrite=overwrite)
 
 
 def main() -> None:
