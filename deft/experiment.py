@@ -314,23 +314,33 @@ def summarise(records: list[dict[str, Any]], cfg: DeftConfig, stage_costs: dict[
 
 
 def compare(root: Path, records: list[dict[str, Any]], cfg: DeftConfig, k: int = 10) -> list[dict[str, Any]]:
-    """Paired bootstrap of per-user NDCG@k (mean over seeds) of each arm against `random` and `full`."""
+    """Paired bootstrap of per-user NDCG@k (mean over seeds) of each arm against `random` and `full`.
+
+    Against `random`, only the seeds both arms have finished are averaged: while an experiment is still running
+    one arm may have a seed more, and the difference must come from the methods, not from that seed. The full
+    pool has its own seeds (often just one), so against it every seed of the arm counts.
+    """
     from deft.evaluation import paired_bootstrap
 
-    by_arm: dict[tuple[str, Any], pd.Series] = {}
-    for (arm, budget), group in pd.DataFrame(records).groupby(["arm", "budget"], dropna=False, sort=False):
-        per_seed = [per_user_ndcg(root, r, k) for r in group.to_dict(orient="records")]
-        by_arm[(arm, None if pd.isna(budget) else int(budget))] = pd.concat(per_seed, axis=1).mean(axis=1)
+    by_arm: dict[tuple[str, Any], dict[int, pd.Series]] = {}
+    for r in records:
+        budget = None if r["budget"] is None else int(r["budget"])
+        by_arm.setdefault((r["arm"], budget), {})[int(r["seed"])] = per_user_ndcg(root, r, k)
     full = next((v for (a, _), v in by_arm.items() if a == "full"), None)
     out = []
-    for (arm, budget), ndcg in by_arm.items():
-        baselines = {"random": by_arm.get(("random", budget)), "full": full}
-        for name, other in baselines.items():
+    for (arm, budget), seeds in by_arm.items():
+        for name, other in {"random": by_arm.get(("random", budget)), "full": full}.items():
             if other is None or arm == name:
                 continue
-            a, b = ndcg.align(other, join="inner")
+            common = sorted(set(seeds) & set(other)) if name == "random" else []
+            mine, theirs = (common, common) if common else (sorted(seeds), sorted(other))
+            a, b = _seed_mean(seeds, mine).align(_seed_mean(other, theirs), join="inner")
             ci = paired_bootstrap(a.to_numpy(), b.to_numpy(), n=cfg.evaluation.bootstrap_samples,
                                   seed=cfg.evaluation.seed)
             out.append({"arm": arm, "budget": budget, "against": name, "metric": f"ndcg@{k}",
-                        **{key: float(v) for key, v in ci.items()}})
+                        "seeds": mine, "against_seeds": theirs, **{key: float(v) for key, v in ci.items()}})
     return out
+
+
+def _seed_mean(per_seed: dict[int, pd.Series], seeds: list[int]) -> pd.Series:
+    return pd.concat([per_seed[s] for s in seeds], axis=1).mean(axis=1)

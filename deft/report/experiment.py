@@ -55,12 +55,18 @@ def comparison_table(comparisons: list[dict[str, Any]]) -> str:
     if not comparisons:
         return "_no paired comparisons (needs a `random` or `full` arm)_"
     metric = comparisons[0].get("metric", "ndcg@10").upper()
-    lines = [f"| arm | budget | against | mean difference of {metric} | 95% interval | two-sided p |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"| arm | budget | against | seeds (arm / against) | mean difference of {metric} | 95% interval | "
+             "two-sided p |", "|---|---|---|---|---|---|---|"]
     for c in comparisons:
-        lines.append(f"| {c['arm']} | {_budget_label(c['budget'])} | {c['against']} | {c['mean_diff']:+.4f} | "
-                     f"[{c['lo']:+.4f}, {c['hi']:+.4f}] | {c.get('p_value', float('nan')):.3f} |")
+        seeds = f"{_seed_list(c.get('seeds'))} / {_seed_list(c.get('against_seeds'))}"
+        lines.append(f"| {c['arm']} | {_budget_label(c['budget'])} | {c['against']} | {seeds} | "
+                     f"{c['mean_diff']:+.4f} | [{c['lo']:+.4f}, {c['hi']:+.4f}] | "
+                     f"{c.get('p_value', float('nan')):.3f} |")
     return "\n".join(lines)
+
+
+def _seed_list(seeds: list[int] | None) -> str:
+    return "–" if seeds is None else ", ".join(map(str, seeds))
 
 
 def _against(row: dict[str, Any], other: dict[str, Any], name: str, ci: dict[str, Any] | None,
@@ -71,6 +77,9 @@ def _against(row: dict[str, Any], other: dict[str, Any], name: str, ci: dict[str
         higher = "higher" if row[metric] > other[metric] else "not higher"
         return f"{higher} than {level} (point estimates; no paired interval)"
     interval = f"{ci['mean_diff']:+.4f}, 95% [{ci['lo']:+.4f}, {ci['hi']:+.4f}]"
+    matched = ci.get("seeds")
+    if name == "random" and matched and {row.get("seeds"), other.get("seeds")} != {len(matched)}:
+        interval += f" on seeds {_seed_list(matched)}, which both have finished"
     if ci["lo"] > 0:
         return f"BEATS {level} ({interval})"
     if ci["hi"] < 0:
@@ -317,9 +326,9 @@ def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[
         "",
         f"## Paired bootstrap (per-user {metric.upper()}, mean over seeds)",
         "",
-        "Each user's score is first averaged over the arm's seeds; the interval resamples test users, so it "
-        "measures how much the result depends on which users were tested, not on the training seed (see ± std "
-        "above for that).",
+        "Each user's score is first averaged over the arm's seeds (against `random`: the seeds both arms have "
+        "finished); the interval resamples test users, so it measures how much the result depends on which users "
+        "were tested, not on the training seed (see ± std above for that).",
         "",
         comparison_table(comparisons),
         "",

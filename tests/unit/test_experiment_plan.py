@@ -1,7 +1,11 @@
-"""The experiment's run order (headline comparison first) and its remaining-time estimate."""
+"""The experiment's run order (headline comparison first), its remaining-time estimate, and its paired
+comparisons while runs are still missing."""
+
+import numpy as np
+import pandas as pd
 
 from deft.config import from_dict
-from deft.experiment import ArmRun, plan_runs, remaining_seconds
+from deft.experiment import ArmRun, compare, plan_runs, remaining_seconds
 
 
 def _cfg(**experiment):
@@ -49,3 +53,29 @@ def test_summary_is_mean_and_sample_std_over_seeds_with_cost_fraction():
     assert rows["random"]["ndcg@10"] == 0.02
     assert abs(rows["random"]["ndcg@10_std"] - 0.01) < 1e-12  # sample std (ddof 1), not 0.0082
     assert rows["random"]["fraction_of_full"] == 0.1 and rows["full"]["ndcg@10_std"] == 0.0
+
+
+def _records(root, runs):
+    """Records with per-user NDCG files: ``runs`` maps (arm, budget, seed) to the per-user values."""
+    out = []
+    for (arm, budget, seed), values in runs.items():
+        path = f"{arm}-{budget}-s{seed}.parquet"
+        pd.DataFrame({"user": range(len(values)), "ndcg@10": values}).to_parquet(root / path)
+        out.append({"arm": arm, "budget": budget, "seed": seed, "per_user": path})
+    return out
+
+
+def test_comparison_against_random_uses_only_the_seeds_both_arms_finished(tmp_path):
+    rng = np.random.default_rng(0)
+    users = 200
+    same = rng.random(users)
+    runs = {("dealrec", 8, 0): same, ("dealrec", 8, 1): same, ("random", 8, 0): same, ("random", 8, 1): same,
+            ("random", 8, 2): same + 0.5,  # a seed dealrec has not finished yet
+            ("full", None, 0): same - 0.25}
+    out = {(c["arm"], c["against"]): c for c in compare(tmp_path, _records(tmp_path, runs), _cfg())}
+    matched = out[("dealrec", "random")]
+    assert matched["seeds"] == matched["against_seeds"] == [0, 1]
+    assert matched["mean_diff"] == 0.0  # not -0.5 / 3 from random's extra seed
+    against_full = out[("random", "full")]
+    assert against_full["seeds"] == [0, 1, 2] and against_full["against_seeds"] == [0]
+    assert np.isclose(against_full["mean_diff"], 0.25 + 0.5 / 3)

@@ -275,3 +275,15 @@ def test_metric_by_budget_plot_with_references_off_the_scale(tmp_path: Path) -> 
                for a in ("random", "dealrec") for b in (256, 512)]
     plot_metric_by_budget(summary, tmp_path / "p.png", references={"sasrec": {"ndcg@10": 0.0554}})
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_verdict_says_when_the_comparison_covers_fewer_seeds_than_the_levels():
+    from deft.report.experiment import comparison_table, verdict
+
+    summary = [{"arm": "dealrec", "budget": 256, "ndcg@10": 0.0025, "seeds": 2},
+               {"arm": "random", "budget": 256, "ndcg@10": 0.0026, "seeds": 3}]
+    ci = {**_ci("random", -0.002, 0.0012), "seeds": [0, 1], "against_seeds": [0, 1]}
+    assert "on seeds 0, 1, which both have finished" in verdict(summary, [ci])[0]
+    assert "| 0, 1 / 0, 1 |" in comparison_table([ci])
+    summary[1]["seeds"] = 2
+    assert "which both have finished" not in verdict(summary, [ci])[0]
