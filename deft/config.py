@@ -440,6 +440,8 @@ class ExperimentConfig:
         bad = [a for a in self.arms if a not in ARMS]
         if not self.arms or bad:
             out.append(f"`{p}.arms` must be a non-empty subset of {list(ARMS)}, got {self.arms!r}")
+        elif len(set(self.arms)) != len(self.arms):  # its runs would be counted twice in the means
+            out.append(f"`{p}.arms` repeats an arm, got {self.arms!r}")
         if not self.budgets or not all(_budget_ok(b) for b in self.budgets):
             out.append(f"`{p}.budgets` must be positive integers or percentages like '2%', got {self.budgets!r}")
         for name in ("seeds", "full_seeds"):

@@ -18,7 +18,7 @@ import pandas as pd
 
 from deft.artifacts import fingerprint, measure, read_json, read_parquet, write_json
 from deft.config import DeftConfig, headline_k, resolve_budget, to_dict
-from deft.errors import ArtifactMismatchError
+from deft.errors import ArtifactMismatchError, ConfigError
 from deft.pipeline import SCORE_STAGE, Pipeline, Pool, method_scores, method_stages
 from deft.selection import settings_used
 
@@ -58,7 +58,7 @@ def plan_runs(cfg: DeftConfig, pool_size: int) -> list[ArmRun]:
     that time, and the second (does it match ``full``, at what cost) next, before any other baseline.
     """
     e = cfg.experiment
-    budgets = [resolve_budget(b, pool_size) for b in e.budgets]
+    budgets = _check_budgets(cfg, pool_size)
     pruned = [a for a in e.arms if a != "full"]
     headline = [a for a in pruned if a in HEADLINE_ARMS]
     others = [a for a in pruned if a not in HEADLINE_ARMS]
@@ -68,6 +68,31 @@ def plan_runs(cfg: DeftConfig, pool_size: int) -> list[ArmRun]:
     for seed in e.seeds:
         runs.extend(ArmRun(a, b, seed) for b in budgets for a in others)
     return runs
+
+
+def _check_budgets(cfg: DeftConfig, pool_size: int) -> list[int]:
+    """The budgets as sample counts, refused now (not when their turn comes, hours in) if two are the same
+    count or one asks for more samples than an arm can take from this pool."""
+    from deft.selection import COVERAGE_METHODS, hard_prune_count
+
+    e = cfg.experiment
+    budgets = [resolve_budget(b, pool_size) for b in e.budgets]
+    problems = []
+    if len(set(budgets)) != len(budgets):
+        problems.append(f"`experiment.budgets` {e.budgets!r} give the sample counts {budgets} for a pool of "
+                        f"{pool_size}: one count twice")
+    coverage = [a for a in e.arms if a in COVERAGE_METHODS]
+    unpruned = pool_size - hard_prune_count(pool_size, cfg.selection.hard_prune)
+    for given, count in zip(e.budgets, budgets, strict=True):
+        if count > pool_size:
+            problems.append(f"budget {given!r} ({count} samples) exceeds the pool of {pool_size}")
+        elif coverage and count > unpruned:
+            problems.append(f"budget {given!r} ({count} samples) exceeds the {unpruned} samples left after "
+                            f"hard-pruning {cfg.selection.hard_prune:g} of the pool, which {', '.join(coverage)} "
+                            "select from")
+    if problems:
+        raise ConfigError(problems)
+    return budgets
 
 
 def remaining_seconds(done: list[dict[str, Any]], pending: list[ArmRun], pool_size: int) -> float | None:

@@ -79,3 +79,20 @@ def test_comparison_against_random_uses_only_the_seeds_both_arms_finished(tmp_pa
     against_full = out[("random", "full")]
     assert against_full["seeds"] == [0, 1, 2] and against_full["against_seeds"] == [0]
     assert np.isclose(against_full["mean_diff"], 0.25 + 0.5 / 3)
+
+
+def test_budgets_that_cannot_run_are_refused_before_any_run():
+    import pytest
+
+    from deft.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="one count twice"):
+        plan_runs(_cfg(arms=["random"], budgets=[100, "10%"]), 1_000)
+    with pytest.raises(ConfigError, match="exceeds the pool of 1000"):
+        plan_runs(_cfg(arms=["random"], budgets=[1_001]), 1_000)
+    # dealrec draws from what hard-pruning leaves (0.1 of 1,000 by default); random takes the whole pool
+    with pytest.raises(ConfigError, match="exceeds the 900 samples left after hard-pruning 0.1 .* dealrec"):
+        plan_runs(_cfg(arms=["random", "dealrec"], budgets=[901]), 1_000)
+    assert [r.key for r in plan_runs(_cfg(arms=["random"], budgets=[901]), 1_000)] == ["random-901-s0"]
+    with pytest.raises(ConfigError, match="repeats an arm"):
+        _cfg(arms=["random", "dealrec", "random"])
