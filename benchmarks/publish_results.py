@@ -34,31 +34,53 @@ def _replace(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def _consistent(payload: dict, markdown: str, run_dir: Path) -> None:
+    """results.json and results.md must come from one report: the experiment rewrites both after every run, and
+    a copy taken in between would publish two different states under one name."""
+    status = payload.get("status") or {}
+    banner = (f"Partial results: {status.get('finished')} of {status.get('planned')} runs finished"
+              if status.get("pending") else None)
+    same = f"date: {payload.get('date')}" in markdown and (
+        banner in markdown if banner else "Partial results:" not in markdown)
+    if not same:
+        raise SystemExit(f"error: {run_dir}/results.json and results.md describe different states (the experiment "
+                         "is rewriting them?); publish again in a moment")
+
+
 def publish(run_dir: Path, dest: Path) -> list[Path]:
     results = run_dir / "results.json"
     if not results.is_file():
         raise SystemExit(f"error: {results} does not exist; run the experiment first (deft run / deft bench)")
-    markdown = (run_dir / "results.md").read_text()
+    data_text, markdown = results.read_text(), (run_dir / "results.md").read_text()
+    payload = json.loads(data_text)
+    _consistent(payload, markdown, run_dir)
     # The plots the report shows (not every PNG in the directory: `deft prune` may have left its own there).
     images = [m.group(2)[:-1] for m in _IMAGE.finditer(markdown)]
     if missing := [name for name in images if not (run_dir / name).is_file()]:
         raise SystemExit(f"error: {run_dir / 'results.md'} shows images that do not exist: {', '.join(missing)}")
-    report, data = dest.with_suffix(".md"), dest.with_suffix(".json")
-    if dest.exists() and any(dest.iterdir()):
-        if not (dest / "manifest.json").is_file() and not (dest / "results.json").is_file():
-            raise SystemExit(f"error: {dest} is not empty and holds no earlier copy (manifest.json); choose another")
-        shutil.rmtree(dest)  # replace an earlier copy whole: it must not keep runs results.json no longer lists
-    copied = []
+    if dest.exists() and any(dest.iterdir()) and not (dest / "manifest.json").is_file():
+        raise SystemExit(f"error: {dest} is not empty and holds no earlier copy (manifest.json); choose another")
     names = ["manifest.json", *images]
-    for key in (r["key"] for r in json.loads(results.read_text())["runs"]):
-        names += [f"arms/{key}/{n}" for n in PER_RUN if (run_dir / "arms" / key / n).is_file()]
+    for key in (r["key"] for r in payload["runs"]):
+        names += [f"arms/{key}/{n}" for n in PER_RUN]
+    # Build the copy beside the old one, then swap: a failure midway leaves the earlier copy whole, and the new
+    # one never keeps runs that results.json no longer lists.
+    staging, old = dest.with_name(dest.name + ".new"), dest.with_name(dest.name + ".old")
+    for leftover in (staging, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    copied = []
     for name in [n for n in names if (run_dir / n).is_file()]:
-        target = dest / name
+        target = staging / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(run_dir / name, target)
-        copied.append(target)
+        copied.append(dest / name)
+    if dest.exists():
+        dest.rename(old)
+    staging.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+    report, data = dest.with_name(dest.name + ".md"), dest.with_name(dest.name + ".json")
     _replace(report, relink(markdown, dest.name))
-    _replace(data, results.read_text())
+    _replace(data, data_text)
     return [report, data, *copied]
 
 

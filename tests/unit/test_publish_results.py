@@ -21,9 +21,10 @@ def publish_results():
 
 def _experiment(root: Path, keys: list[str]) -> Path:
     root.mkdir()
-    (root / "results.json").write_text(json.dumps({"runs": [{"key": k} for k in keys]}))
+    (root / "results.json").write_text(json.dumps({"date": "2026-11-21 10:00", "runs": [{"key": k} for k in keys]}))
     (root / "results.md").write_text(
-        "# r\n![NDCG](ndcg_by_arm.png)\n![d](arms/dealrec-8-s0/score_distribution.png)\n![web](https://x.org/a.png)\n"
+        "# r\n- date: 2026-11-21 10:00\n![NDCG](ndcg_by_arm.png)\n"
+        "![d](arms/dealrec-8-s0/score_distribution.png)\n![web](https://x.org/a.png)\n"
     )
     (root / "manifest.json").write_text("{}")
     (root / "ndcg_by_arm.png").write_bytes(b"png")
@@ -59,8 +60,8 @@ def test_republishing_drops_runs_no_longer_listed_and_refuses_a_foreign_dir(tmp_
     run = _experiment(tmp_path / "run", ["random-8-s0", "dealrec-8-s0"])
     dest = tmp_path / "tier"
     publish_results.publish(run, dest)
-    (run / "results.json").write_text(json.dumps({"runs": [{"key": "random-8-s0"}]}))
-    (run / "results.md").write_text("# r\n![NDCG](ndcg_by_arm.png)\n")
+    (run / "results.json").write_text(json.dumps({"date": "2026-11-21 11:00", "runs": [{"key": "random-8-s0"}]}))
+    (run / "results.md").write_text("# r\n- date: 2026-11-21 11:00\n![NDCG](ndcg_by_arm.png)\n")
     publish_results.publish(run, dest)
     assert not (dest / "arms" / "dealrec-8-s0").exists()
 
@@ -71,7 +72,19 @@ def test_republishing_drops_runs_no_longer_listed_and_refuses_a_foreign_dir(tmp_
         publish_results.publish(run, foreign)
     assert (foreign / "notes.txt").read_text() == "keep me"
 
-    (run / "results.md").write_text("# r\n![gone](lost.png)\n")
+    (run / "results.md").write_text("# r\n- date: 2026-11-21 11:00\n![gone](lost.png)\n")
     with pytest.raises(SystemExit, match="lost.png"):
         publish_results.publish(run, dest)
     assert (dest / "ndcg_by_arm.png").is_file()  # a refused publish leaves the earlier copy whole
+
+
+def test_a_report_caught_between_its_two_writes_is_refused(tmp_path, publish_results):
+    run = _experiment(tmp_path / "run", ["random-8-s0", "dealrec-8-s0"])
+    payload = {"date": "2026-11-21 10:00", "runs": [{"key": "random-8-s0"}],
+               "status": {"finished": 1, "planned": 2, "pending": ["dealrec-8-s0"]}}
+    (run / "results.json").write_text(json.dumps(payload))
+    with pytest.raises(SystemExit, match="different states"):  # the md is still the finished one
+        publish_results.publish(run, tmp_path / "tier")
+    (run / "results.md").write_text("- date: 2026-11-21 10:00\n> **Partial results: 1 of 2 runs finished.**\n")
+    publish_results.publish(run, tmp_path / "v0.2")
+    assert (tmp_path / "v0.2.md").is_file() and (tmp_path / "v0.2.json").is_file()  # a dotted name kept whole
