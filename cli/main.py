@@ -55,7 +55,7 @@ def app(ctx: click.Context, quiet: bool, debug: bool) -> None:
       deft validate configs/demo.yaml               check a config, report every problem at once
       deft score ml-100k --out runs/s               per-sample influence and effort scores
       deft prune ml-100k --budget 256 --out runs/p  scores -> coreset.jsonl + report.md
-      deft train --samples runs/p/coreset.jsonl --out runs/t    LoRA fine-tuning
+      deft train --samples runs/p/coreset.jsonl --valid runs/p/valid.jsonl --out runs/t   LoRA fine-tuning
       deft evaluate ml-100k --adapter runs/t/adapter --out runs/e
       deft compare runs/e runs/e0                   paired bootstrap of two evaluations
       deft run configs/bench/tiny.yaml --out runs/x arms x budgets x seeds -> results.md
@@ -218,6 +218,8 @@ def prune(ctx, source, config_path, fmt, items, split, construction, max_history
     result = run_prune(cfg, out, overwrite=overwrite, progress=not ctx.obj["quiet"])
     for budget, path in result.coresets.items():
         click.echo(f"coreset ({budget} samples): {path}")
+    if result.valid is not None:
+        click.echo(f"validation samples (for deft train --valid): {result.valid}")
     click.echo(f"report: {result.report}")
 
 
@@ -227,12 +229,14 @@ def prune(ctx, source, config_path, fmt, items, split, construction, max_history
 @app.command()
 @click.option("--samples", "samples_path", required=True, type=click.Path(dir_okay=False),
               help="Training samples: JSONL/Parquet with instruction, input, output (e.g. a coreset.jsonl).")
-@click.option("--valid", "valid_path", type=click.Path(dir_okay=False), help="Validation samples (same format).")
+@click.option("--valid", "valid_path", type=click.Path(dir_okay=False),
+              help="Validation samples (same format; deft prune writes OUT/valid.jsonl) for early stopping; "
+                   "without them every epoch runs and the last adapter is kept.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory for the adapter.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file.")
 @click.option("--model", help="Target LLM (default smollm2-135m).")
 @click.option("--device", help="auto, cpu, cuda or cuda:N.")
-@click.option("--epochs", type=int, help="Maximum epochs (early stopping picks the best).")
+@click.option("--epochs", type=int, help="Maximum epochs (with --valid, early stopping picks the best).")
 @click.option("--lr", type=float, help="Learning rate.")
 @click.option("--seed", type=int, help="Training seed.")
 @click.option("--overwrite", is_flag=True, help="Replace a finished training made with other settings.")
@@ -241,7 +245,7 @@ def train(ctx, samples_path, valid_path, out, config_path, model, device, epochs
     """LoRA fine-tuning of the target LLM on a set of samples (response-only loss, early stopping).
 
     \b
-    Example: deft train --samples runs/ml100k/coreset.jsonl --valid valid.jsonl --out runs/ml100k/train
+    Example: deft train --samples runs/ml100k/coreset.jsonl --valid runs/ml100k/valid.jsonl --out runs/ml100k/train
     """
     from deft.pipeline import run_train
 

@@ -72,6 +72,7 @@ class PruneResult:
     selections: dict[int, Any]
     scores: pd.DataFrame
     pool: Pool
+    valid: Path | None = None  # valid.jsonl for `deft train --valid` (None for a pool given as a table)
 
 
 # Effort is a property of a sample and the target model, not of a selection: the random LoRA A it is measured
@@ -344,13 +345,34 @@ def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
 
 def coreset_records(samples: pd.DataFrame, selection: Any) -> list[dict[str, Any]]:
     """The chosen rows with every field unchanged, plus their stratum."""
-    chosen = samples.iloc[selection.indices]
-    records = []
-    for row, stratum in zip(chosen.to_dict(orient="records"), selection.strata, strict=True):
-        row = {k: (list(v) if isinstance(v, np.ndarray) else v) for k, v in row.items()}
+    records = sample_records(samples.iloc[selection.indices])
+    for row, stratum in zip(records, selection.strata, strict=True):
         row["stratum"] = int(stratum)
-        records.append(row)
     return records
+
+
+def sample_records(samples: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as JSON-ready dicts (array fields such as the history as lists)."""
+    return [{k: (list(v) if isinstance(v, np.ndarray) else v) for k, v in row.items()}
+            for row in samples.to_dict(orient="records")]
+
+
+def write_validation(pipe: Pipeline, pool: Pool) -> Path | None:
+    """``valid.jsonl``: one held-out sample per user (the item after their training sequence, never a pool
+    target), for ``deft train --valid``: without it training cannot stop early. None for a pool given as a
+    table, which has no per-user validation items."""
+    if not pool.titles:
+        return None
+    from deft.data import valid_samples
+
+    path, fp = pipe.run.path("valid.jsonl"), fingerprint({"pool": pool.fingerprint})
+    if not pipe.run.is_done("valid", fp):
+        with pipe.run.stage("valid", fp):
+            tokenizer = pipe.llm().tokenizer if pipe.cfg.prompt.max_tokens is not None else None
+            c = pipe.cfg
+            write_jsonl(path, sample_records(valid_samples(pool.split, pool.titles, c.samples, c.prompt,
+                                                           tokenizer=tokenizer)))
+    return path
 
 
 def coreset_path(run: RunDir, budget: int, n_budgets: int) -> Path:
@@ -439,6 +461,7 @@ def run_prune(cfg: DeftConfig, out: str | Path, *, overwrite: bool = False, prog
             with pipe.run.stage(f"selection-{budget}", fp):
                 write_jsonl(path, coreset_records(pool.samples, selection))
         coresets[budget] = path
+    valid = write_validation(pipe, pool)
     from deft.report import write_prune_report
 
     manifest = pipe.run.write_manifest(
@@ -452,7 +475,7 @@ def run_prune(cfg: DeftConfig, out: str | Path, *, overwrite: bool = False, prog
     )
     surrogate_report = pipe.surrogate(pool)[2] if pipe._surrogate is not None else None
     report = write_prune_report(pipe.run.root, pool.samples, scores, selections, manifest, surrogate_report)
-    return PruneResult(coresets, report, selections, scores, pool)
+    return PruneResult(coresets, report, selections, scores, pool, valid)
 
 
 def _stratum_counts(selection: Any) -> list[dict[str, int]]:
@@ -468,6 +491,9 @@ def run_train(cfg: DeftConfig, samples_path: str | Path, valid_path: str | Path 
 
     train = load_samples_file(samples_path)
     valid = load_samples_file(valid_path) if valid_path else None
+    if valid is None:
+        log.warning("no validation samples: no early stopping, so training runs all %d epochs and keeps the last "
+                    "adapter (deft prune writes valid.jsonl for --valid)", cfg.training.epochs)
     loaded = load_target_llm(cfg.model)
     return train_lora(loaded, train, valid, cfg.lora, cfg.training, Path(out), progress=progress,
                       overwrite=overwrite)

@@ -35,6 +35,17 @@ def test_files_present(pruned):
         assert (out / name).is_file(), name
     assert "coreset (6 samples)" in result.output and "report.md" in result.output
     assert list(out.glob("*.png")), "the report has plots"
+    assert f"--valid): {out / 'valid.jsonl'}" in result.output
+
+
+def test_validation_samples_are_one_held_out_item_per_user(pruned):
+    out, _, _ = pruned
+    pool = pd.read_parquet(out / "samples.parquet")
+    valid = [json.loads(line) for line in (out / "valid.jsonl").read_text().splitlines()]
+    assert valid and len({v["user"] for v in valid}) == len(valid)
+    assert {"instruction", "input", "output"} <= set(valid[0])
+    windows = set(zip(pool["user"], pool["target_item"], strict=True))
+    assert not any((v["user"], v["target_item"]) in windows for v in valid)  # never a training target
 
 
 def test_coreset_is_a_subset_with_unchanged_fields(pruned):

@@ -19,9 +19,10 @@ def invoke(*args: str):
 
 def test_train_then_evaluate(tmp_path):
     assert invoke("prune", TINY, "--config", CONFIG, "--budget", "6", "--out", str(tmp_path / "p")).exit_code == 0
-    trained = invoke("train", "--samples", str(tmp_path / "p" / "coreset.jsonl"), "--config", CONFIG,
-                     "--out", str(tmp_path / "t"))
+    trained = invoke("train", "--samples", str(tmp_path / "p" / "coreset.jsonl"), "--valid",
+                     str(tmp_path / "p" / "valid.jsonl"), "--config", CONFIG, "--out", str(tmp_path / "t"))
     assert trained.exit_code == 0, trained.output
+    assert "best validation loss" in trained.output
     assert (tmp_path / "t" / "adapter" / "adapter_config.json").is_file()
     evaluated = invoke("evaluate", TINY, "--config", CONFIG, "--adapter", str(tmp_path / "t" / "adapter"),
                        "--out", str(tmp_path / "e"))
