@@ -277,6 +277,19 @@ def _users_phrase(payload: dict[str, Any]) -> str:
     return f"all {n} of them" if refs and all(u == n for u in refs) else f"the first {n}"
 
 
+def _protocol_phrase(config: dict[str, Any]) -> str:
+    """How the references rank, next to how the LLM arms do: a different history rule changes every number."""
+    refs = bool(config.get("surrogate", {}).get("exclude_history", False))
+    llm = bool(config.get("evaluation", {}).get("exclude_history", False))
+
+    def rule(excluded: bool) -> str:
+        return "excluding each user's history items" if excluded else "history items included"
+
+    text = (f"They rank every item ({rule(refs)}, `surrogate.exclude_history`); the LLM arms ground to items and "
+            f"rank them with shared titles tied at their best rank ({rule(llm)}, `evaluation.exclude_history`).")
+    return text if refs == llm else f"{text} **The two history rules differ, so the rows are not comparable.**"
+
+
 def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[Path, Path]:
     """results.json (everything) and results.md (tables, verdict, cost ledger, plots) in ``root``."""
     root = Path(root)
@@ -334,7 +347,8 @@ def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[
         "",
         "## Non-LLM references (full ranking over all items)",
         "",
-        f"Computed on every test user of the split; the LLM arms above on {_users_phrase(payload)}.",
+        f"Computed on every test user of the split; the LLM arms above on {_users_phrase(payload)}. "
+        + _protocol_phrase(payload["config"]),
         "",
         "| model | " + " | ".join(f"{m}@{k}" for k in ks for m in ("recall", "ndcg")) + " |",
         "|---|" + "---|" * (2 * len(ks)),

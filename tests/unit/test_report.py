@@ -287,3 +287,12 @@ def test_verdict_says_when_the_comparison_covers_fewer_seeds_than_the_levels():
     assert "| 0, 1 / 0, 1 |" in comparison_table([ci])
     summary[1]["seeds"] = 2
     assert "which both have finished" not in verdict(summary, [ci])[0]
+
+
+def test_reference_section_names_both_history_rules_and_flags_a_mismatch():
+    from deft.report.experiment import _protocol_phrase
+
+    same = _protocol_phrase({"surrogate": {"exclude_history": False}, "evaluation": {"exclude_history": False}})
+    assert same.count("history items included") == 2 and "not comparable" not in same
+    differ = _protocol_phrase({"surrogate": {"exclude_history": False}, "evaluation": {"exclude_history": True}})
+    assert "excluding each user's history items" in differ and "not comparable" in differ
