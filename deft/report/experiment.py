@@ -10,7 +10,7 @@ import numpy as np
 
 from deft.artifacts import machine_info, write_json, write_text
 from deft.config import headline_k
-from deft.report.common import new_figure, save_figure
+from deft.report.common import markdown_table, new_figure, save_figure
 
 
 def _pm(row: dict[str, Any], metric: str) -> str:
@@ -44,6 +44,18 @@ def experiment_table(summary: list[dict[str, Any]], ks: list[int]) -> str:
                  "–" if frac is None else f"{100 * frac:.1f}%"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def runs_table(runs: list[dict[str, Any]], ks: list[int]) -> str:
+    """Every finished run on its own line, in run order: the numbers the means above are made of."""
+    metrics = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")]
+    rows = []
+    for r in runs:
+        best = r["train"].get("best_epoch")
+        epochs = f"{r['train']['epochs']}" + ("" if best is None else f" (best {best:g})")
+        rows.append([r["key"], r["samples"], *[f"{r['metrics'][m]:.4f}" for m in metrics], epochs,
+                     f"{r['train']['wall_s']:.0f}", f"{r['eval']['wall_s']:.0f}", f"{r['eval']['s_per_user']:.3f}"])
+    return markdown_table(["run", "samples", *metrics, "epochs (best)", "training s", "eval s", "eval s/user"], rows)
 
 
 def headline_metric(ks: list[int]) -> str:
@@ -353,6 +365,10 @@ def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[
         "| model | " + " | ".join(f"{m}@{k}" for k in ks for m in ("recall", "ndcg")) + " |",
         "|---|" + "---|" * (2 * len(ks)),
         *ref_lines,
+        "",
+        "## Every run",
+        "",
+        runs_table(payload["runs"], ks),
         "",
         *speed_lines(payload["runs"]),
         "## Cost ledger: shared stages",

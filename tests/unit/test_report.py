@@ -296,3 +296,14 @@ def test_reference_section_names_both_history_rules_and_flags_a_mismatch():
     assert same.count("history items included") == 2 and "not comparable" not in same
     differ = _protocol_phrase({"surrogate": {"exclude_history": False}, "evaluation": {"exclude_history": True}})
     assert "excluding each user's history items" in differ and "not comparable" in differ
+
+
+def test_every_run_is_listed_with_its_own_numbers():
+    from deft.report.experiment import runs_table
+
+    run = {"key": "dealrec-256-s1", "samples": 256,
+           "metrics": {"recall@10": 0.0085, "ndcg@10": 0.0040, "recall@20": 0.0148, "ndcg@20": 0.0056},
+           "train": {"epochs": 6, "best_epoch": 5, "wall_s": 1266.2}, "eval": {"wall_s": 445.4, "s_per_user": 0.4723}}
+    table = runs_table([run, {**run, "key": "random-256-s1", "train": {"epochs": 4, "wall_s": 875.0}}], [10, 20])
+    assert "| dealrec-256-s1 | 256 | 0.0085 | 0.0040 | 0.0148 | 0.0056 | 6 (best 5) | 1266 | 445 | 0.472 |" in table
+    assert "| random-256-s1 | 256 | 0.0085 | 0.0040 | 0.0148 | 0.0056 | 4 | 875 | 445 | 0.472 |" in table
