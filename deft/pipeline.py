@@ -239,7 +239,7 @@ class Pipeline:
 
             frame = compute_effort(self.llm(), pool.samples, self.cfg.lora, self.cfg.effort,
                                    out_dir=self.run.path("effort"), seed=EFFORT_LORA_SEED,
-                                   progress=self.progress)
+                                   progress=self.progress, overwrite=self.run.overwrite)
             resumed = frame.attrs.get("resumed", {})
             info = {"resumed_shards": resumed.get("shards", 0), "earlier_wall_s": resumed.get("earlier_wall_s", 0.0)}
             if resumed.get("untimed_shards_samples"):

@@ -106,6 +106,22 @@ def test_overwrite_replaces(pruned, tmp_path):
     _prune(out, "--overwrite")  # restore seed 0 for other tests in this module
 
 
+def test_overwrite_replaces_a_resumable_effort_stage(pruned, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(pruned[0], out)
+    config = tmp_path / "effort.yaml"
+    text = Path(CONFIG).read_text()
+    assert "effort:\n  batch_size: 4" in text
+    config.write_text(text.replace("effort:\n  batch_size: 4", "effort:\n  batch_size: 4\n  loss_on: prompt"))
+    args = ["--quiet", "prune", TINY, "--config", str(config), "--out", str(out), "--budget", "6"]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 1 and "--overwrite" in refused.output
+    result = CliRunner().invoke(app, [*args, "--overwrite"])
+    assert result.exit_code == 0, result.output  # the effort shards of the old settings are replaced too
+
+
 def test_same_seed_same_coreset_bit_for_bit(pruned, tmp_path):
     out, _, _ = pruned
     other = tmp_path / "again"
