@@ -264,7 +264,7 @@ def _arm_fingerprint(pipe: Pipeline, pool: Pool, run: ArmRun) -> str:
     selection seeds, a method's unread selection settings and the bootstrap's are left out, so that changing
     them keeps every finished run."""
     c = pipe.cfg
-    stages = sorted({SCORE_STAGE[n] for n in method_scores(run.arm, c.selection.ccs_score)})
+    stages = method_stages(run.arm, ccs_score=c.selection.ccs_score)  # with the surrogate k-center embeds with
     used = () if run.arm == "full" else settings_used(run.arm)
     return fingerprint({"pool": pool.fingerprint, "scores": {s: pipe.stage_fp(s, pool) for s in stages},
                         "run": [run.arm, run.budget, run.seed],

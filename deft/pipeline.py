@@ -125,9 +125,14 @@ class Pipeline:
         return fingerprint(parts[stage])
 
     def selection_fp(self, pool: Pool, names: list[str], method: str, budget: int) -> str:
-        stages = sorted({SCORE_STAGE[n] for n in names})
-        return fingerprint({"scores": {s: self.stage_fp(s, pool) for s in stages}, "method": method,
-                            "selection": to_dict(self.cfg.selection), "budget": budget})
+        """A coreset's inputs: the pool (random and k-center read no score), the stages it reads (the surrogate
+        for k-center's embeddings), the settings ``method`` reads, its seed (not for top-m methods) and the
+        budget. Adding a budget to a sweep or changing a setting the method ignores keeps the coreset."""
+        c = self.cfg.selection
+        return fingerprint({"pool": pool.fingerprint,
+                            "scores": {s: self.stage_fp(s, pool) for s in method_stages(method, names)},
+                            "method": method, "settings": {n: getattr(c, n) for n in sel.settings_used(method)},
+                            "seed": None if method in sel.TOP_METHODS else c.seed, "budget": budget})
 
     def check_plan(self, pool: Pool, names: list[str], method: str, budgets: list[int]) -> None:
         """Refuse, before any work, a run directory whose finished stages were made with other settings."""
@@ -457,7 +462,8 @@ def run_prune(cfg: DeftConfig, out: str | Path, *, overwrite: bool = False, prog
     for budget, selection in selections.items():
         path = coreset_path(pipe.run, budget, len(selections))
         fp = pipe.selection_fp(pool, names, method, budget)
-        if not pipe.run.is_done(f"selection-{budget}", fp):
+        # the file name depends on how many budgets the sweep has, so a finished stage may lack this one
+        if not pipe.run.is_done(f"selection-{budget}", fp) or not path.is_file():
             with pipe.run.stage(f"selection-{budget}", fp):
                 write_jsonl(path, coreset_records(pool.samples, selection))
         coresets[budget] = path

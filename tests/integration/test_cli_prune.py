@@ -195,3 +195,17 @@ def test_unknown_ccs_score_is_a_config_error(tmp_path):
     config.write_text(Path(CONFIG).read_text().replace("selection:\n", "selection:\n  ccs_score: forgetting\n", 1))
     result = CliRunner().invoke(app, ["prune", TINY, "--config", str(config), "--out", str(tmp_path / "x")])
     assert result.exit_code == 1 and "selection.ccs_score" in result.output
+
+
+def test_a_random_coreset_follows_its_pool_and_survives_a_new_budget(tmp_path):
+    out = tmp_path / "random"
+    assert _prune(out, "--method", "random").exit_code == 0
+    # adding a budget to the sweep leaves the first coreset as it is: no --overwrite needed
+    first = (out / "coreset.jsonl").read_bytes()
+    assert _prune(out, "--method", "random", "--budget", "5").exit_code == 0
+    assert (out / "coreset-6.jsonl").read_bytes() == first
+    # another pool (shorter histories) is another coreset, even though random reads no score
+    assert _prune(out, "--method", "random", "--max-history", "3", "--overwrite").exit_code == 0
+    pool = pd.read_parquet(out / "samples.parquet").set_index("sample_id")
+    rows = [json.loads(line) for line in (out / "coreset.jsonl").read_text().splitlines()]
+    assert all(row["input"] == pool.loc[row["sample_id"], "input"] for row in rows)
