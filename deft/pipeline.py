@@ -135,7 +135,16 @@ class Pipeline:
                             "seed": None if method in sel.TOP_METHODS else c.seed, "budget": budget})
 
     def check_plan(self, pool: Pool, names: list[str], method: str, budgets: list[int]) -> None:
-        """Refuse, before any work, a run directory whose finished stages were made with other settings."""
+        """Refuse, before any work, unknown scores, scores this pool cannot have, and a run directory whose
+        finished stages were made with other settings."""
+        unknown = sorted(set(names) - set(SCORE_STAGE))
+        if unknown:
+            raise DeftError(f"unknown score {unknown}; known: {sorted(SCORE_STAGE)}", field="scores")
+        needs_users = set(method_stages(method, names)) & {"surrogate", "influence", "loss", "baselines"}
+        if needs_users and pool.split.kind == "none":
+            raise DeftError(f"{', '.join(sorted(needs_users))} (for {method}) need samples with columns user, history, "
+                            "target_item: they score each sample with a sequential recommender trained on the users' "
+                            "sequences; for plain instruction data use method 'effort_only' or 'random'")
         for stage in method_stages(method, names):
             self.run.check_compatible(stage, self.stage_fp(stage, pool))
         for budget in budgets:
@@ -292,6 +301,14 @@ def _check_sample_columns(samples: pd.DataFrame) -> None:
     missing = [c for c in needed if c not in samples.columns]
     if missing:
         raise DeftError(f"samples lack column(s) {missing}; found {list(samples.columns)}", field=missing[0])
+    _check_sample_fields(samples, None, None)
+    if "history" in samples.columns:
+        # a history read back from CSV is the text "['1', '2']": iterated, it would be items '[', "'", '1', ...
+        bad = next((i for i, h in enumerate(samples["history"]) if not isinstance(h, (list, tuple, np.ndarray))), None)
+        if bad is not None:
+            raise DeftError(f"row {bad} (0-based): `history` must be a list of item ids, got "
+                            f"{type(samples['history'].iloc[bad]).__name__} {samples['history'].iloc[bad]!r:.60}",
+                            field="history")
     dup = samples["sample_id"].duplicated()
     if dup.any():
         first = int(np.flatnonzero(dup.to_numpy())[0])
@@ -384,7 +401,7 @@ def coreset_path(run: RunDir, budget: int, n_budgets: int) -> Path:
     return run.path("coreset.jsonl" if n_budgets == 1 else f"coreset-{budget}.jsonl")
 
 
-def _check_sample_fields(frame: pd.DataFrame, path: Path, lines: list[int] | None) -> None:
+def _check_sample_fields(frame: pd.DataFrame, path: Path | None, lines: list[int] | None) -> None:
     """Every row has string instruction/input/output and a non-empty output: a missing field would otherwise
     train on the text "nan" or "None"."""
     for name in ("instruction", "input", "output"):
@@ -395,6 +412,8 @@ def _check_sample_fields(frame: pd.DataFrame, path: Path, lines: list[int] | Non
             continue
         value = values[bad]
         what = "is empty" if isinstance(value, str) else f"is missing or not a string ({value!r})"
+        if path is None:  # a table given in memory: its own (0-based) row position
+            raise DeftError(f"row {bad} (0-based): {what}", field=name)
         if lines is None:
             raise DeftError(f"row {bad + 1}: {what}", file=path, field=name)
         raise DeftError(what, file=path, line=lines[bad], field=name)

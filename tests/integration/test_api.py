@@ -93,3 +93,30 @@ def test_method_defaults_to_the_configs(pool, tmp_path):
     config.write_text(CONFIG.read_text().replace("selection:\n", "selection:\n  method: random\n"))
     out = deft.prune(pool, budget=4, config=config, out=tmp_path / "r", progress=False)
     assert out.selections[4].params["method"] == "random"
+
+
+@pytest.mark.parametrize(("method", "needs"), [("el2n", "baselines"), ("grand", "baselines"), ("ccs", "baselines"),
+                                               ("influence_only", "influence")])
+def test_methods_that_need_user_sequences_say_so_before_any_work(method, needs, tmp_path):
+    frame = pd.DataFrame({"instruction": ["x"] * 4, "input": ["a"] * 4, "output": ["b", "c", "d", "e"]})
+    with pytest.raises(DeftError, match=f"{needs}.*user, history, target_item"):
+        deft.prune(frame, budget=2, method=method, config=CONFIG, out=tmp_path / "x", progress=False)
+    assert not (tmp_path / "x" / "effort").exists()
+
+
+def test_bad_sample_tables_name_the_row_and_field(pool, tmp_path):
+    with pytest.raises(DeftError, match=r"'output': row 2 \(0-based\): is missing"):
+        deft.prune(pool.assign(output=[*pool["output"][:2], None, *pool["output"][3:]]), budget=2,
+                   method="random", config=CONFIG, out=tmp_path / "a", progress=False)
+    as_text = pool.assign(history=pool["history"].map(lambda h: str(list(h))))  # as read back from a CSV
+    with pytest.raises(DeftError, match=r"row 0 \(0-based\): `history` must be a list of item ids, got str"):
+        deft.prune(as_text, budget=2, method="random", config=CONFIG, out=tmp_path / "b", progress=False)
+
+
+def test_a_mistyped_score_is_named_before_the_pool_is_scored(tmp_path):
+    from deft.config import load_config
+    from deft.pipeline import run_scores
+
+    cfg = load_config(CONFIG)
+    with pytest.raises(DeftError, match=r"unknown score \['influense'\]"):
+        run_scores(cfg, tmp_path / "s", ["influense"], progress=False)
