@@ -117,8 +117,15 @@ class PromptConfig:
     def problems(self, p: str = "prompt") -> list[str]:
         out: list[str] = []
         _choice(out, f"{p}.domain", self.domain, ("movies", "games", "books", "generic"))
-        if self.input_format is not None and "{history}" not in self.input_format:
-            out.append(f"`{p}.input_format` must contain '{{history}}', got {self.input_format!r}")
+        if self.input_format is not None:
+            if "{history}" not in self.input_format:
+                out.append(f"`{p}.input_format` must contain '{{history}}', got {self.input_format!r}")
+            else:
+                try:  # rendered with str.format: any other field, or a lone brace, would fail mid-run
+                    self.input_format.format(history="")
+                except (KeyError, IndexError, ValueError) as exc:
+                    out.append(f"`{p}.input_format` can only use the field {{history}} (write a literal brace as "
+                               f"{{{{ or }}}}), got {self.input_format!r}: {type(exc).__name__} {exc}")
         if self.max_tokens is not None:
             _positive_int(out, f"{p}.max_tokens", self.max_tokens)
         _positive_int(out, f"{p}.max_title_tokens", self.max_title_tokens)

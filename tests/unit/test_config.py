@@ -78,3 +78,13 @@ def test_repeated_experiment_seeds_are_refused():
         from_dict({"experiment": {"seeds": [0, 1, 0]}})
     with pytest.raises(ConfigError, match="`experiment.full_seeds` repeats a seed"):
         from_dict({"experiment": {"full_seeds": [2, 2]}})
+
+
+@pytest.mark.parametrize("text", ["User {user}: {history}", "Watched {history} {", "{0} {history}"])
+def test_input_formats_that_would_fail_while_rendering_are_refused(text):
+    with pytest.raises(ConfigError, match="can only use the field"):
+        from_dict({"prompt": {"input_format": text}})
+
+
+def test_input_format_with_literal_braces_is_fine():
+    assert from_dict({"prompt": {"input_format": "{{json}} {history}"}}).prompt.input_format == "{{json}} {history}"
