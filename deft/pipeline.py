@@ -111,16 +111,23 @@ class Pipeline:
                             "prompt": to_dict(self.cfg.prompt), "tokenizer": model})
 
     def stage_fp(self, stage: str, pool: Pool) -> str:
+        """A stage's inputs. The surrogate learns from the users' sequences alone, so prompt or model settings
+        (which change the pool's texts) do not retrain it; the scores computed on the pool's samples do
+        depend on the pool."""
         c = self.cfg
-        surrogate = fingerprint({"pool": pool.fingerprint, "surrogate": to_dict(c.surrogate)})
+        if stage == "effort":
+            return fingerprint({"pool": pool.fingerprint, "model": self.llm().fingerprint, "lora": to_dict(c.lora),
+                                "effort": to_dict(c.effort)})
+        from deft.surrogate.trainer import FIT, surrogate_fingerprint
+
+        if stage == "baselines":  # GraNd and EL2N train their own early surrogates, with the same fit
+            return fingerprint({"pool": pool.fingerprint, "surrogate": to_dict(c.surrogate), "fit": FIT,
+                                "baselines": to_dict(c.baselines)})
+        surrogate = surrogate_fingerprint(pool.split, c.surrogate)
         parts: dict[str, Any] = {
             "surrogate": {"surrogate": surrogate},
-            "influence": {"surrogate": surrogate, "influence": to_dict(c.influence)},
-            "loss": {"surrogate": surrogate},
-            "baselines": {"pool": pool.fingerprint, "surrogate": to_dict(c.surrogate),
-                          "baselines": to_dict(c.baselines)},
-            "effort": {"pool": pool.fingerprint, "model": self.llm().fingerprint if stage == "effort" else None,
-                       "lora": to_dict(c.lora), "effort": to_dict(c.effort)},
+            "influence": {"surrogate": surrogate, "pool": pool.fingerprint, "influence": to_dict(c.influence)},
+            "loss": {"surrogate": surrogate, "pool": pool.fingerprint},
         }
         return fingerprint(parts[stage])
 

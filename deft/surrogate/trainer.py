@@ -35,6 +35,9 @@ from deft.surrogate.sasrec import ItemIndex, SASRec, draw_negatives, pad_left, s
 log = logging.getLogger(__name__)
 
 KS = (10, 20)
+# What train_model fits, beyond the config: part of every fingerprint of a trained surrogate, so a cache made
+# by an earlier fit (which trained on each user's most recent window only) is never reused for this one.
+FIT = "every-position windows"
 EVAL_BATCH = 512  # users scored per forward pass during evaluation
 WEIGHTS_FILE, META_FILE = "model.safetensors", "surrogate.json"
 
@@ -153,9 +156,18 @@ class EncodedSplit:
         return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
+def training_windows(seq: Sequence[int], max_len: int) -> list[Sequence[int]]:
+    """Windows of at most ``max_len + 1`` items, cut from the end, in which every position of ``seq`` after the
+    first is a target exactly once (algorithms.md §2: next-item prediction at every position), oldest first.
+    Keeping only the most recent window, as SASRec implementations usually do, would leave most of a long
+    sequence, and so most of the pool the influence is computed over, out of the risk θ minimises."""
+    ends = range(len(seq), 1, -max_len)
+    return [seq[max(0, end - max_len - 1):end] for end in reversed(ends)]
+
+
 def training_tensors(train: Sequence[Sequence[int]], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs, targets), both (U, max_len): each user's most recent max_len + 1 items shifted by one."""
-    seqs = [s[-(max_len + 1):] for s in train if len(s) >= 2]
+    """(inputs, targets), both (windows, max_len): every user's training windows shifted by one."""
+    seqs = [w for s in train for w in training_windows(s, max_len)]
     inputs = pad_left([s[:-1] for s in seqs], max_len)
     targets = pad_left([s[1:] for s in seqs], max_len)
     if inputs.shape[1] < max_len:  # pad_left sizes to the longest sequence; training wants the full window
@@ -233,7 +245,8 @@ def train_model(data: EncodedSplit, n_items: int, cfg: SurrogateConfig, *, epoch
 
 def surrogate_fingerprint(split, cfg: SurrogateConfig) -> str:
     """Hash of the split's contents and the surrogate config: a saved surrogate is reusable iff it matches."""
-    return fingerprint({"split": [split.kind, split.train, split.valid, split.test], "config": to_dict(cfg)})
+    return fingerprint({"split": [split.kind, split.train, split.valid, split.test], "config": to_dict(cfg),
+                        "fit": FIT})
 
 
 def train_surrogate(split, cfg: SurrogateConfig, out_dir: str | Path | None = None,

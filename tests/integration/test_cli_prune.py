@@ -209,3 +209,22 @@ def test_a_random_coreset_follows_its_pool_and_survives_a_new_budget(tmp_path):
     pool = pd.read_parquet(out / "samples.parquet").set_index("sample_id")
     rows = [json.loads(line) for line in (out / "coreset.jsonl").read_text().splitlines()]
     assert all(row["input"] == pool.loc[row["sample_id"], "input"] for row in rows)
+
+
+def test_new_prompt_texts_rescore_without_retraining_the_surrogate(pruned, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(pruned[0], out)
+    surrogate = {p: p.read_bytes() for p in (out / "surrogate").iterdir()}
+    stages = {name: json.loads((out / "stages" / f"{name}.json").read_text())["fingerprint"]
+              for name in ("surrogate", "influence", "effort")}
+    config = tmp_path / "prompt.yaml"
+    config.write_text(Path(CONFIG).read_text() + "prompt:\n  instruction: Name the next film this viewer picks.\n")
+    result = CliRunner().invoke(app, ["--quiet", "prune", TINY, "--config", str(config), "--out", str(out),
+                                      "--budget", "6", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    after = {name: json.loads((out / "stages" / f"{name}.json").read_text())["fingerprint"] for name in stages}
+    assert after["surrogate"] == stages["surrogate"]  # same user sequences: the surrogate is reused
+    assert {p: p.read_bytes() for p in (out / "surrogate").iterdir()} == surrogate
+    assert after["influence"] != stages["influence"] and after["effort"] != stages["effort"]  # new samples

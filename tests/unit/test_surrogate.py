@@ -121,9 +121,18 @@ def test_popularity_reference_and_history_exclusion() -> None:
 # ----------------------------------------------------------------------------------------------- training
 
 
-def test_training_tensors_shift_by_one_and_keep_the_most_recent() -> None:
+def test_training_tensors_shift_by_one_and_cover_every_position() -> None:
     inputs, targets = training_tensors([[1, 2, 3, 4, 5], [7], [8, 9]], max_len=3)
-    assert inputs.tolist() == [[2, 3, 4], [0, 0, 8]] and targets.tolist() == [[3, 4, 5], [0, 0, 9]]
+    assert inputs.tolist() == [[0, 0, 1], [2, 3, 4], [0, 0, 8]]
+    assert targets.tolist() == [[0, 0, 2], [3, 4, 5], [0, 0, 9]]
+
+
+@pytest.mark.parametrize("length", [2, 3, 50, 51, 52, 101, 102, 250])
+def test_every_position_after_the_first_is_a_target_once(length: int) -> None:
+    seq = list(range(1, length + 1))
+    _, targets = training_tensors([seq], max_len=50)
+    trained = sorted(t for t in targets.flatten().tolist() if t)
+    assert trained == seq[1:]
 
 
 def test_training_is_deterministic_and_learns() -> None:
