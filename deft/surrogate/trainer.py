@@ -1,7 +1,7 @@
 """Training, evaluation, save/load of the SASRec surrogate, and the most-popular reference (algorithms.md §2).
 
-Training is next-item prediction at every position of every user's training sequence (its most recent
-``max_len + 1`` items), with full-softmax cross-entropy (``ce``) or the parity ``bce`` with one negative per
+Training is next-item prediction at every position of every user's training sequence (cut into windows of
+``max_len + 1`` items, see :func:`training_windows`), with full-softmax cross-entropy (``ce``) or the parity ``bce`` with one negative per
 position drawn once before training. Adam; early stopping on validation NDCG@10 keeps the **best** weights.
 
 Evaluation ranks all items (full ranking). Validation: history = training sequence, target = validation items.
