@@ -91,7 +91,7 @@ def _against(row: dict[str, Any], other: dict[str, Any], name: str, ci: dict[str
     interval = f"{ci['mean_diff']:+.4f}, 95% [{ci['lo']:+.4f}, {ci['hi']:+.4f}]"
     matched = ci.get("seeds")
     if name == "random" and matched and {row.get("seeds"), other.get("seeds")} != {len(matched)}:
-        interval += f" on seeds {_seed_list(matched)}, which both have finished"
+        interval += f" on {'seed' if len(matched) == 1 else 'seeds'} {_seed_list(matched)}, which both have finished"
     if ci["lo"] > 0:
         return f"BEATS {level} ({interval})"
     if ci["hi"] < 0:

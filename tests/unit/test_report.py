@@ -287,6 +287,8 @@ def test_verdict_says_when_the_comparison_covers_fewer_seeds_than_the_levels():
     assert "| 0, 1 / 0, 1 |" in comparison_table([ci])
     summary[1]["seeds"] = 2
     assert "which both have finished" not in verdict(summary, [ci])[0]
+    one = {**ci, "seeds": [0], "against_seeds": [0]}
+    assert "on seed 0, which both have finished" in verdict(summary, [one])[0]
 
 
 def test_reference_section_names_both_history_rules_and_flags_a_mismatch():
