@@ -241,6 +241,7 @@ def plot_metric_by_budget(summary: list[dict[str, Any]], path: Path, metric: str
     budgets = sorted({r["budget"] for r in summary if r["budget"] is not None})
     ax.set_xticks(budgets, [str(b) for b in budgets])
     ax.minorticks_off()
+    ax.set_ylim(bottom=0)  # from zero: differences within noise should not look like gaps
     ax.set_xlabel("budget (samples, log scale)")
     ax.set_ylabel(metric.upper())
     ax.set_title(f"{metric.upper()} vs budget (mean ± std over seeds)" + (f"\n{note}" if note else ""))
