@@ -183,7 +183,7 @@ def _cached_record(pipe: Pipeline, pool: Pool, run: ArmRun) -> dict[str, Any] | 
     if not record_path.is_file():
         return None
     record, fp = read_json(record_path), _arm_fingerprint(pipe, pool, run)
-    if record.get("fingerprint") == _wide_arm_fingerprint(pipe, pool, run):
+    if record.get("fingerprint") != fp and record.get("fingerprint") == _wide_arm_fingerprint(pipe, pool, run):
         record["fingerprint"] = fp
         write_json(record_path, record)
     if record.get("fingerprint") == fp:
@@ -264,7 +264,7 @@ def _arm_fingerprint(pipe: Pipeline, pool: Pool, run: ArmRun) -> str:
     selection seeds, a method's unread selection settings and the bootstrap's are left out, so that changing
     them keeps every finished run."""
     c = pipe.cfg
-    stages = method_stages(run.arm, ccs_score=c.selection.ccs_score)  # with the surrogate k-center embeds with
+    stages = method_stages(run.arm, ccs_score=c.selection.ccs_score)  # k-center's includes its surrogate
     used = () if run.arm == "full" else settings_used(run.arm)
     return fingerprint({"pool": pool.fingerprint, "scores": {s: pipe.stage_fp(s, pool) for s in stages},
                         "run": [run.arm, run.budget, run.seed],
