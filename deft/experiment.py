@@ -165,11 +165,11 @@ def _write_report(pipe: Pipeline, pool: Pool, cfg: DeftConfig, names: list[str],
 
 def _valid_and_test(pipe: Pipeline, pool: Pool) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Validation samples (one per user, for early stopping) and the test users' inference prompts."""
-    from deft.data import build_eval_users, valid_samples
+    from deft.data import build_eval_users
 
     c = pipe.cfg
     tokenizer = pipe.llm().tokenizer if c.prompt.max_tokens is not None else None
-    valid = valid_samples(pool.split, pool.titles, c.samples, c.prompt, tokenizer=tokenizer)
+    valid = pipe.validation_samples(pool)
     if len(valid) > c.training.valid_samples:
         valid = valid.sample(n=c.training.valid_samples, random_state=0).reset_index(drop=True)
     users = build_eval_users(pool.split, pool.titles, c.prompt, c.samples, which="test", tokenizer=tokenizer)

@@ -103,6 +103,14 @@ class Pipeline:
     def _needs_tokenizer(self) -> bool:
         return self.cfg.prompt.max_tokens is not None
 
+    def validation_samples(self, pool: Pool) -> pd.DataFrame:
+        """One held-out sample per user (the item after their training sequence), for early stopping."""
+        from deft.data import valid_samples
+
+        c = self.cfg
+        tokenizer = self.llm().tokenizer if self._needs_tokenizer() else None
+        return valid_samples(pool.split, pool.titles, c.samples, c.prompt, tokenizer=tokenizer)
+
     # ------------------------------------------------------------------------------------------- fingerprints
 
     def samples_fp(self, data_fp: str) -> str:
@@ -392,15 +400,10 @@ def write_validation(pipe: Pipeline, pool: Pool) -> Path | None:
     table, which has no per-user validation items."""
     if not pool.titles:
         return None
-    from deft.data import valid_samples
-
     path, fp = pipe.run.path("valid.jsonl"), fingerprint({"pool": pool.fingerprint})
     if not pipe.run.is_done("valid", fp):
         with pipe.run.stage("valid", fp):
-            tokenizer = pipe.llm().tokenizer if pipe.cfg.prompt.max_tokens is not None else None
-            c = pipe.cfg
-            write_jsonl(path, sample_records(valid_samples(pool.split, pool.titles, c.samples, c.prompt,
-                                                           tokenizer=tokenizer)))
+            write_jsonl(path, sample_records(pipe.validation_samples(pool)))
     return path
 
 
