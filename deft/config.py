@@ -228,6 +228,9 @@ class InfluenceConfig:
     exact_max_params: int = 20000  # exact forms a p x p Hessian: refuse larger p (use cg or lissa)
     hvp_chunk: int = 8192  # samples x tangent vectors per vectorised HVP call when forming H (memory bound)
     hessian_samples: int = 8192  # 0: H over the whole pool (exact H of R); k: H over a seeded subset of k samples
+    # An unfinished solve (cg: non-positive curvature or not converged) is an error; false logs it and keeps the
+    # scores, for studies of the solvers. Not part of the scores' identity: a finished solve is the same either way.
+    strict: bool = True
 
     def problems(self, p: str = "influence") -> list[str]:
         out: list[str] = []
@@ -247,6 +250,8 @@ class InfluenceConfig:
             _positive_int(out, f"{p}.{name}", getattr(self, name))
         _positive_int(out, f"{p}.hessian_samples", self.hessian_samples, allow_zero=True)
         _positive_int(out, f"{p}.seed", self.seed, allow_zero=True)
+        if not isinstance(self.strict, bool):
+            out.append(f"`{p}.strict` must be true or false, got {self.strict!r}")
         return out
 
 

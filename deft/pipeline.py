@@ -132,9 +132,10 @@ class Pipeline:
             return fingerprint({"pool": pool.fingerprint, "surrogate": to_dict(c.surrogate), "fit": FIT,
                                 "baselines": to_dict(c.baselines)})
         surrogate = surrogate_fingerprint(pool.split, c.surrogate)
+        influence = {k: v for k, v in to_dict(c.influence).items() if k != "strict"}  # decides errors, not scores
         parts: dict[str, Any] = {
             "surrogate": {"surrogate": surrogate},
-            "influence": {"surrogate": surrogate, "pool": pool.fingerprint, "influence": to_dict(c.influence)},
+            "influence": {"surrogate": surrogate, "pool": pool.fingerprint, "influence": influence},
             "loss": {"surrogate": surrogate, "pool": pool.fingerprint},
         }
         return fingerprint(parts[stage])

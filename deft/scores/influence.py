@@ -19,7 +19,8 @@ inverse-Hessian-vector product v = H^-1 grad R serves every sample. Solvers:
   part of H plus lambda*I; directions whose damped eigenvalue is round-off (lambda = 0) are dropped
   (pseudo-inverse). Cost: p full-data HVPs, so p <= exact_max_params.
 - ``cg``: conjugate gradient on H_lambda with full-data HVPs; stops at ``|r| <= cg_tol * |grad R|``, after
-  ``cg_max_iter`` steps, or on non-positive curvature (reported).
+  ``cg_max_iter`` steps, or on non-positive curvature; the last two are errors unless ``strict`` is off
+  (then warnings, and the unfinished solve's scores are kept: for studies of the solvers).
 - ``lissa`` (parity): h <- g + (1 - d) h - H_b h / scale with H_b the damped Hessian of a random minibatch of
   ``lissa_batch`` samples, ``lissa_depth`` steps from h = g; each repeat r uses seed ``cfg.seed + r`` and the
   repeats' results are averaged, then divided by ``scale``. Its fixed point solves
@@ -190,15 +191,15 @@ def solve_cg(op: PoolHessian, g: Tensor, cfg: InfluenceConfig, progress: bool) -
     x = torch.zeros_like(g)
     r, g_norm = g.clone(), float(g.norm())
     d, rs = r.clone(), float(r @ r)
-    info: dict[str, Any] = {"iterations": 0, "converged": g_norm == 0.0, "negative_curvature": False}
-    for it in tqdm(range(1, cfg.cg_max_iter + 1), desc="cg", unit="it", disable=not progress or g_norm == 0.0):
-        if info["converged"]:
-            break
+    info: dict[str, Any] = {"iterations": 0, "converged": False, "negative_curvature": False}
+    for it in tqdm(range(1, cfg.cg_max_iter + 1), desc="cg", unit="it", disable=not progress):
         hd = op.matvec(d)
         curvature = float(d @ hd)
         if curvature <= 0:  # H_lambda is not positive definite along d: CG's answer is meaningless beyond here
             info["negative_curvature"] = True
-            log.warning("cg: non-positive curvature %.3g at iteration %d; raise influence.damping", curvature, it)
+            _solve_failed(cfg, f"non-positive curvature {curvature:.3g} at iteration {it}: H + damping is not "
+                               f"positive definite; raise `influence.damping` ({cfg.damping}) or use solver "
+                               "'exact', which clamps negative eigenvalues")
             break
         alpha = rs / curvature
         x += alpha * d
@@ -207,8 +208,23 @@ def solve_cg(op: PoolHessian, g: Tensor, cfg: InfluenceConfig, progress: bool) -
         info["iterations"], info["converged"] = it, math.sqrt(rs_new) <= cfg.cg_tol * g_norm
         d = r + (rs_new / rs) * d
         rs = rs_new
-    info["relative_residual"] = math.sqrt(rs) / g_norm if g_norm else 0.0
+        if info["converged"]:
+            break
+    info["relative_residual"] = math.sqrt(rs) / g_norm
+    if not info["converged"] and not info["negative_curvature"]:
+        _solve_failed(cfg, f"not converged after `influence.cg_max_iter` = {cfg.cg_max_iter} iterations (relative "
+                           f"residual {info['relative_residual']:.3g} > `influence.cg_tol` = {cfg.cg_tol}); raise "
+                           f"cg_max_iter or `influence.damping` ({cfg.damping})")
     return x, info
+
+
+def _solve_failed(cfg: InfluenceConfig, why: str) -> None:
+    """An unfinished solve still yields plausible-looking scores, so a coreset chosen from them would be silently
+    wrong: an error unless ``influence.strict`` is off (solver studies), where it is logged and kept in info."""
+    if cfg.strict:
+        raise ConfigError([f"influence ({cfg.solver}): {why}; or set `influence.strict: false` to keep the "
+                           "unfinished solve's scores"])
+    log.warning("influence (%s): %s", cfg.solver, why)
 
 
 def _minibatches(n: int, size: int, generator: torch.Generator) -> Iterator[Tensor]:
@@ -296,6 +312,10 @@ def influence_from_loss(loss_fn: LossFn, theta: Tensor, data: Sequence[Tensor], 
     start = time.perf_counter()
     g = mean_gradient(loss_fn, theta, data if cfg.target == "train" else valid, cfg.batch_size)
     times["gradient_s"] = time.perf_counter() - start
+    if not bool(torch.any(g != 0)):  # every score would be 0, and a combined score would quietly drop influence
+        raise ConfigError([f"influence: the mean {cfg.target} gradient over the {theta.numel()} parameters of "
+                           "`influence.params` is exactly zero, so every influence score would be 0; "
+                           "choose other `influence.params` or check that the surrogate was trained"])
     op = PoolHessian(loss_fn, theta, hessian_data(data, cfg), cfg.batch_size, cfg.damping)
     start = time.perf_counter()
     v, info = SOLVERS[cfg.solver](op, g, cfg, progress)

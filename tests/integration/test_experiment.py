@@ -102,8 +102,10 @@ def test_settings_a_run_does_not_read_keep_it(experiment, tmp_path, monkeypatch)
     computed = []
     monkeypatch.setattr(experiment_module, "_run_arm", lambda *a, **k: computed.append(a[-1].key))
     # The bootstrap's settings are read only by the report; the run seeds replace training.seed and
-    # selection.seed; selection.method is the arms' business; random and full read no selection setting.
+    # selection.seed; selection.method is the arms' business; random and full read no selection setting;
+    # influence.strict decides whether a failed solve is an error, and this one converged.
     config = _tiny_config(tmp_path, ("  bootstrap_samples: 100", "  bootstrap_samples: 200\n  seed: 5"),
+                          ("effort:\n", "influence:\n  strict: false\neffort:\n"),
                           ("  valid_samples: 8", "  valid_samples: 8\n  seed: 9"),
                           ("  hard_prune: 0.1", "  hard_prune: 0.1\n  seed: 4\n  method: random"))
     result = CliRunner().invoke(app, ["--quiet", "run", str(config), "--out", str(copy)])

@@ -285,3 +285,43 @@ def test_score_pool_encodes_the_frame_and_supports_the_valid_target(sasrec: SASR
     bad = frame.assign(target_item=["m02", "zz", "m06"])
     with pytest.raises(Exception, match="'zz'.*sample 'b'"):
         score_pool(sasrec, index, bad, InfluenceConfig(), progress=False)
+
+
+def _concave(theta: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """H = diag(-1, 1): damping 0.5 leaves H_lambda indefinite along theta_0."""
+    (x,) = batch
+    return -theta[0] ** 2 / 2 + (theta[1] - x) ** 2 / 2
+
+
+CONCAVE_DATA = (torch.tensor([0.0, 1.0, 3.0], dtype=torch.float64),)
+CONCAVE_THETA = torch.tensor([0.5, 0.0], dtype=torch.float64)
+
+
+def test_cg_on_an_indefinite_hessian_is_an_error_unless_not_strict(caplog: pytest.LogCaptureFixture) -> None:
+    cfg = InfluenceConfig(solver="cg", damping=0.5)
+    with pytest.raises(ConfigError, match=r"non-positive curvature.*influence\.damping"):
+        influence_from_loss(_concave, CONCAVE_THETA, CONCAVE_DATA, cfg, progress=False)
+    with caplog.at_level("WARNING"):
+        result = influence_from_loss(_concave, CONCAVE_THETA, CONCAVE_DATA, dataclasses.replace(cfg, strict=False),
+                                     progress=False)
+    assert result.info["negative_curvature"] and not result.info["converged"]
+    assert "non-positive curvature" in caplog.text and np.isfinite(result.scores).all()
+
+
+def test_cg_that_runs_out_of_iterations_is_an_error(regression: dict) -> None:
+    cfg = InfluenceConfig(solver="cg", damping=MU, cg_tol=1e-12, cg_max_iter=1)
+    with pytest.raises(ConfigError, match="not converged after `influence.cg_max_iter` = 1"):
+        influence_from_loss(softmax_loss, regression["theta"], regression["train"], cfg, progress=False)
+
+
+def test_a_zero_mean_gradient_is_an_error_not_all_zero_scores() -> None:
+    """At the exact minimum of R every score is 0, and a combined score would silently lose its influence term."""
+    data = (torch.tensor([1.0, 3.0], dtype=torch.float64),)
+    theta = torch.tensor([2.0], dtype=torch.float64)  # the mean of the data: grad R = 0
+
+    def loss(t: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return (t[0] - batch[0]) ** 2 / 2
+
+    for solver in ("exact", "cg", "lissa"):
+        with pytest.raises(ConfigError, match="exactly zero"):
+            influence_from_loss(loss, theta, data, InfluenceConfig(solver=solver), progress=False)
