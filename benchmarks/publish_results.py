@@ -18,7 +18,7 @@ import re
 import shutil
 from pathlib import Path
 
-PER_RUN = ("record.json", "eval/per_user.parquet")
+PER_RUN = ("record.json", "eval/per_user.parquet", "coreset.parquet")
 # A relative markdown image link, `![alt](path)`; absolute URLs are left alone.
 _IMAGE = re.compile(r"(!\[[^\]]*\]\()(?![a-z]+://|/)([^)]+\))")
 

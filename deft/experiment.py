@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from deft.artifacts import fingerprint, measure, read_json, read_parquet, write_json
+from deft.artifacts import fingerprint, measure, read_json, read_parquet, write_json, write_parquet
 from deft.config import DeftConfig, headline_k, resolve_budget, to_dict
 from deft.errors import ArtifactMismatchError, ConfigError
 from deft.pipeline import SCORE_STAGE, Pipeline, Pool, method_scores, method_stages
@@ -120,6 +120,9 @@ def run_experiment(cfg: DeftConfig, out: str | Path, *, overwrite: bool = False,
     # not hours in, and the reports written below include runs cached from an earlier order.
     finished = {run.key: record for run in runs if (record := _cached_record(pipe, pool, run)) is not None}
     todo = [run for run in runs if run.key not in finished]
+    for run in runs:
+        if run.key in finished:
+            _backfill_coreset(pipe, pool, scores, valid, run, finished[run.key])
     if finished:
         log.info("%d of %d runs already finished in %s; %d to go", len(finished), len(runs), pipe.run.root, len(todo))
         if todo:  # the next run can take hours: report what is cached (and in what order the rest comes) now
@@ -218,6 +221,7 @@ def _run_arm(pipe: Pipeline, pool: Pool, scores: pd.DataFrame, valid: pd.DataFra
             selection = pipe.select(pool, scores, run.arm, [run.budget], seed=run.seed)[run.budget]
             indices = selection.indices
     score_plot = _plot_selection(cfg, scores, run, selection, arm_dir)
+    coreset = None if selection is None else _save_coreset(pipe, pool, selection, arm_dir)
     train_samples = pool.samples.iloc[indices].reset_index(drop=True)
     train_cfg = replace(cfg.training, seed=run.seed)
     with measure() as train_cost:
@@ -233,12 +237,51 @@ def _run_arm(pipe: Pipeline, pool: Pool, scores: pd.DataFrame, valid: pd.DataFra
                         "steps": trained.steps,
                         "best_valid_loss": trained.best_valid_loss, "samples_per_s": trained.samples_per_s,
                         "peak_mb": train_cost.peak_mb},
-              "selection": {"wall_s": select_cost.wall_s, "peak_mb": select_cost.peak_mb},
+              "selection": {"wall_s": select_cost.wall_s, "peak_mb": select_cost.peak_mb,
+                            **_selection_facts(selection, coreset)},
               "eval": {"wall_s": evaluated.wall_s, "s_per_user": evaluated.s_per_user, "peak_mb": eval_cost.peak_mb},
               "per_user": str((arm_dir / "eval" / "per_user.parquet").relative_to(pipe.run.root)),
               "score_plot": None if score_plot is None else str(score_plot.relative_to(pipe.run.root))}
     write_json(record_path, record)
     return record
+
+
+def _save_coreset(pipe: Pipeline, pool: Pool, selection: Any, arm_dir: Path) -> str:
+    """``coreset.parquet``: which pool samples the run trained on (and their strata), so a result can be audited
+    and its coreset reused; the path is relative to the run directory."""
+    path = arm_dir / "coreset.parquet"
+    write_parquet(path, pd.DataFrame({"sample_id": pool.samples["sample_id"].iloc[selection.indices].to_numpy(),
+                                      "pool_index": selection.indices, "stratum": selection.strata}))
+    return str(path.relative_to(pipe.run.root))
+
+
+def _selection_facts(selection: Any, coreset: str | None) -> dict[str, Any]:
+    """How the coreset was chosen (settings, pruned count, top-up, per-stratum counts), for the record."""
+    if selection is None:  # full: the whole pool
+        return {"coreset": None}
+    return {"coreset": coreset, "params": selection.params, "stratum_counts": selection.stratum_counts.tolist()}
+
+
+def _backfill_coreset(pipe: Pipeline, pool: Pool, scores: pd.DataFrame, valid: pd.DataFrame, run: ArmRun,
+                      record: dict[str, Any]) -> None:
+    """Records written before coresets were saved: choose the coreset again (selection is a pure seeded
+    function) and save it only if its samples are provably the ones trained on, i.e. they reproduce the
+    training run's fingerprint; otherwise say so and leave the record as it is."""
+    if run.arm == "full" or "coreset" in record["selection"]:
+        return
+    from deft.training import training_fingerprint
+
+    arm_dir = pipe.run.path("arms", run.key)
+    result_path = arm_dir / "train" / "train_result.json"
+    selection = pipe.select(pool, scores, run.arm, [run.budget], seed=run.seed)[run.budget]
+    trained = pool.samples.iloc[selection.indices].reset_index(drop=True)
+    fp = training_fingerprint(pipe.llm(), trained, valid, pipe.cfg.lora, replace(pipe.cfg.training, seed=run.seed))
+    if not result_path.is_file() or read_json(result_path).get("fingerprint") != fp:
+        log.warning("run %s: its coreset cannot be reconstructed (choosing it again does not reproduce the samples "
+                    "it trained on); its record keeps no coreset", run.key)
+        return
+    record["selection"].update(_selection_facts(selection, _save_coreset(pipe, pool, selection, arm_dir)))
+    write_json(arm_dir / "record.json", record)
 
 
 def _plot_selection(cfg: DeftConfig, scores: pd.DataFrame, run: ArmRun, selection: Any,

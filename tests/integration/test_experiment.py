@@ -58,6 +58,48 @@ def test_resume_recomputes_nothing(experiment):
     assert {p: p.stat().st_mtime_ns for p in (experiment / "stages").iterdir()} == stages
 
 
+def test_each_pruned_run_saves_its_coreset_and_how_it_was_chosen(experiment):
+    runs = {r["arm"]: r for r in json.loads((experiment / "results.json").read_text())["runs"]}
+    assert runs["full"]["selection"]["coreset"] is None
+    for arm in ("random", "dealrec"):
+        facts = runs[arm]["selection"]
+        coreset = pd.read_parquet(experiment / facts["coreset"])
+        assert len(coreset) == runs[arm]["samples"] == facts["params"]["budget"]
+        assert coreset["pool_index"].is_monotonic_increasing and coreset["sample_id"].is_unique
+        assert sum(chosen for _, chosen in facts["stratum_counts"]) == (len(coreset) if arm == "dealrec" else 0)
+    assert runs["dealrec"]["selection"]["params"]["pruned"] >= 1
+
+
+def _as_written_before_coresets_were_saved(run_dir: Path) -> dict[str, bytes]:
+    saved = {}
+    for path in run_dir.glob("arms/*/coreset.parquet"):
+        saved[path.parent.name] = path.read_bytes()
+        path.unlink()
+        record_path = path.parent / "record.json"
+        record = json.loads(record_path.read_text())
+        record["selection"] = {k: record["selection"][k] for k in ("wall_s", "peak_mb")}
+        record_path.write_text(json.dumps(record))
+    assert set(saved) == {"random-6-s0", "dealrec-6-s0"}
+    return saved
+
+
+def test_older_records_get_their_coreset_back_when_it_reproduces_the_training_run(experiment, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(experiment, copy)
+    saved = _as_written_before_coresets_were_saved(copy)
+    # random's training run no longer matches what choosing its coreset again gives: it must not get one
+    result_path = copy / "arms" / "random-6-s0" / "train" / "train_result.json"
+    result = json.loads(result_path.read_text())
+    result_path.write_text(json.dumps({**result, "fingerprint": "0" * 16}))
+    out = CliRunner().invoke(app, ["bench", "tiny", "--out", str(copy)])
+    assert out.exit_code == 0, out.output
+    assert (copy / "arms" / "dealrec-6-s0" / "coreset.parquet").read_bytes() == saved["dealrec-6-s0"]
+    assert not (copy / "arms" / "random-6-s0" / "coreset.parquet").exists()
+    assert "random-6-s0: its coreset cannot be reconstructed" in out.output
+    runs = {r["arm"]: r for r in json.loads((copy / "results.json").read_text())["runs"]}
+    assert runs["dealrec"]["selection"]["params"]["method"] == "dealrec" and "coreset" not in runs["random"]["selection"]
+
+
 def test_cached_records_without_the_kept_epoch_get_it_from_the_training_log(experiment, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(experiment, copy)
