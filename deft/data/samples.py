@@ -83,8 +83,8 @@ def build_eval_users(split: Split, titles: Mapping[str, str], prompt_cfg: Prompt
     """Inference prompts for evaluation: one row per user with ``which`` (test | valid) targets; EVAL_COLUMNS
     plus ``seen``, every item the user interacted with before the target (what ``exclude_history`` removes).
 
-    History = training items, plus validation items when ``which == "test"``, at most the ``max_history`` most
-    recent. With a tokenizer the prompt is trimmed so that it plus ``max_title_tokens + 1`` tokens (room for the
+    History = training items, plus validation items when ``which == "test"``: the ``max_history`` most recent, or
+    all of them for ``last_per_user`` (as its training samples). With a tokenizer the prompt is trimmed so that it plus ``max_title_tokens + 1`` tokens (room for the
     generated title and EOS) fits ``max_tokens``: the real target's length is not used, so it cannot leak.
     """
     if which not in ("test", "valid"):
@@ -94,7 +94,9 @@ def build_eval_users(split: Split, titles: Mapping[str, str], prompt_cfg: Prompt
     histories, seen = [], []
     for user in users:
         seq = split.train.get(user, []) + (split.valid.get(user, []) if which == "test" else [])
-        histories.append(seq[max(0, len(seq) - samples_cfg.max_history):])
+        # As in training: last_per_user keeps the whole history (the token budget trims it), the windows H items.
+        start = 0 if samples_cfg.construction == "last_per_user" else max(0, len(seq) - samples_cfg.max_history)
+        histories.append(seq[start:])
         seen.append(list(dict.fromkeys(seq)))
     template = template_for(prompt_cfg)
     tokenizer = tokenizer if prompt_cfg.max_tokens is not None else None  # no budget: nothing to count

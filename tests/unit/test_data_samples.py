@@ -132,6 +132,20 @@ def test_eval_users_test_and_valid(data) -> None:
     ]
 
 
+def test_eval_prompts_cut_the_history_as_their_construction_trains_on_it(data) -> None:
+    """last_per_user trains on whole histories, so its test prompts keep them whole too (one template and one
+    history rule for training and inference); the windows keep max_history items in both."""
+    split, titles = data
+    for construction in ("last_per_user", "sliding_window"):
+        cfg = SamplesConfig(construction=construction, max_history=2)
+        valid = {r.user: list(r.history) for r in valid_samples(split, titles, cfg, SHORT).itertuples()}
+        prompts = {r.user: list(r.history) for r in build_eval_users(split, titles, SHORT, cfg, which="valid")
+                   .itertuples()}
+        assert prompts == valid
+        longest = max(len(h) for h in prompts.values())
+        assert longest == (12 if construction == "last_per_user" else 2)  # user 10: 12 training items
+
+
 def test_eval_users_temporal_targets_are_all_period_items() -> None:
     inter = load_interactions(DataConfig(source=str(SAMPLES / "tiny-recbole")))
     split = split_interactions(inter, DataConfig(split="temporal"))
