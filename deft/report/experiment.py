@@ -303,6 +303,20 @@ def _protocol_phrase(config: dict[str, Any]) -> str:
     return text if refs == llm else f"{text} **The two history rules differ, so the rows are not comparable.**"
 
 
+def settings_lines(config: dict[str, Any]) -> list[str]:
+    """The settings a reader needs to judge the numbers, in words (the whole config is in results.json)."""
+    if not config:
+        return []
+    model, lora, train, sel = (config.get(k, {}) for k in ("model", "lora", "training", "selection"))
+    return [
+        f"- fine-tuning: {model.get('name')}, LoRA r={lora.get('r')} on {', '.join(lora.get('target_modules', []))}; "
+        f"lr {train.get('lr')}, at most {train.get('epochs')} epochs, early stopping with patience "
+        f"{train.get('patience')} on {train.get('valid_samples')} validation samples (the best adapter is kept)",
+        f"- selection: λ = {sel.get('lambda_')}, K = {sel.get('strata')} strata, hard prune β = "
+        f"{sel.get('hard_prune')}; λ is set in the config, not tuned on validation",
+    ]
+
+
 def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[Path, Path]:
     """results.json (everything) and results.md (tables, verdict, cost ledger, plots) in ``root``."""
     root = Path(root)
@@ -329,6 +343,7 @@ def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[
         f"- date: {payload['date']}",
         f"- machine: {machine.get('cpu')} ({machine.get('cores')} cores){', GPU ' + machine['gpu'] if machine.get('gpu') else ''}",
         f"- pool: {payload['pool_size']} samples; test users: {payload['test_users']}",
+        *settings_lines(payload.get("config") or {}),
         "",
         *status_lines(payload.get("status")),
         "## Verdict",

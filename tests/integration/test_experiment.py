@@ -29,6 +29,8 @@ def test_outputs(experiment):
         assert (experiment / name).is_file(), name
     text = (experiment / "results.md").read_text()
     assert "## Verdict" in text and "dealrec" in text and "Paired bootstrap" in text
+    assert "- selection: λ = 0.5, K = 3 strata, hard prune β = 0.1; λ is set in the config" in text
+    assert "at most 1 epochs, early stopping with patience" in text
     # dealrec is stratified: its score distribution is drawn and linked; random and full have none
     runs = {r["arm"]: r for r in json.loads((experiment / "results.json").read_text())["runs"]}
     assert runs["random"]["score_plot"] is None and runs["full"]["score_plot"] is None
