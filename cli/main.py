@@ -60,6 +60,7 @@ def app(ctx: click.Context, quiet: bool, debug: bool) -> None:
       deft compare runs/e runs/e0                   paired bootstrap of two evaluations
       deft run configs/bench/tiny.yaml --out runs/x arms x budgets x seeds -> results.md
       deft bench ml100k-cpu                         a named benchmark tier
+      deft tune configs/demo.yaml --out runs/demo   choose DEALRec's λ on validation
     """
     ctx.ensure_object(dict)
     ctx.obj.update(quiet=quiet, debug=debug)
@@ -375,6 +376,39 @@ def bench(ctx, name, out, overrides, overwrite) -> None:
     with as_file(files("deft_cli.bench") / f"{name}.yaml") as config_path:
         ctx.invoke(run, config_path=str(config_path), out=out or f"runs/bench-{name}", overrides=overrides,
                    overwrite=overwrite)
+
+
+@app.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Run directory (an experiment's directory reuses its scores).")
+@click.option("--lambda", "lambdas", type=click.FloatRange(min=0), multiple=True,
+              help="A λ to try (repeatable; default 0.1 0.3 0.5 1 2).")
+@click.option("--budget", help="Coreset size, e.g. 256 or 2% (default: the smallest experiment budget).")
+@click.option("--seed", "seeds", type=click.IntRange(min=0), multiple=True,
+              help="Selection and training seed (repeatable; default: the first experiment seed).")
+@_set_option
+@click.option("--overwrite", is_flag=True, help="Replace cached tuning runs made with other settings.")
+@click.pass_context
+def tune(ctx, config_path, out, lambdas, budget, seeds, overrides, overwrite) -> None:
+    """Choose DEALRec's λ on validation: for each λ, select, fine-tune and rank the validation items.
+
+    Never reads a test item; the users early stopping uses are left out of the ranking. Writes tune.md,
+    tune.json and tune_lambda.png; each (λ, seed) run is cached, so an interrupted sweep resumes.
+
+    \b
+    Example: deft tune configs/bench/ml100k-cpu.yaml --out runs/bench-ml100k-cpu --set evaluation.max_users=300
+             deft tune configs/demo.yaml --out runs/demo --lambda 0.3 --lambda 1 --budget 128
+    """
+    from deft.config import load_config
+    from deft.tuning import DEFAULT_LAMBDAS, tune_lambda
+
+    cfg = load_config(config_path, overrides)
+    parsed_budget = None if budget is None else int(budget) if budget.strip().isdigit() else budget
+    result = tune_lambda(cfg, out, lambdas=lambdas or DEFAULT_LAMBDAS, budget=parsed_budget, seeds=seeds or None,
+                         overwrite=overwrite, progress=not ctx.obj["quiet"],
+                         command=" ".join(["deft", *sys.argv[1:]]))
+    click.echo(f"best λ: {result.best_lambda:g} (validation); report: {result.markdown_path}")
 
 
 def main() -> None:

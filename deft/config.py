@@ -321,7 +321,7 @@ class SelectionConfig:
     def problems(self, p: str = "selection") -> list[str]:
         out: list[str] = []
         _choice(out, f"{p}.method", self.method, SELECTION_METHODS)
-        if not self.budgets or not all(_budget_ok(b) for b in self.budgets):
+        if not self.budgets or not all(budget_ok(b) for b in self.budgets):
             out.append(f"`{p}.budgets` must be positive integers or percentages like '2%', got {self.budgets!r}")
         _positive_int(out, f"{p}.strata", self.strata)
         _number(out, f"{p}.hard_prune", self.hard_prune, 0.0, 0.99)
@@ -335,7 +335,7 @@ class SelectionConfig:
 SCORE_NAMES = ("influence", "effort", "grand", "el2n", "loss")  # the scores DEFT computes
 
 
-def _budget_ok(b: Any) -> bool:
+def budget_ok(b: Any) -> bool:
     if isinstance(b, bool):
         return False
     if isinstance(b, int):
@@ -454,7 +454,7 @@ class ExperimentConfig:
             out.append(f"`{p}.arms` must be a non-empty subset of {list(ARMS)}, got {self.arms!r}")
         elif len(set(self.arms)) != len(self.arms):  # its runs would be counted twice in the means
             out.append(f"`{p}.arms` repeats an arm, got {self.arms!r}")
-        if not self.budgets or not all(_budget_ok(b) for b in self.budgets):
+        if not self.budgets or not all(budget_ok(b) for b in self.budgets):
             out.append(f"`{p}.budgets` must be positive integers or percentages like '2%', got {self.budgets!r}")
         for name in ("seeds", "full_seeds"):
             seeds = getattr(self, name)

@@ -172,9 +172,7 @@ def _valid_and_test(pipe: Pipeline, pool: Pool) -> tuple[pd.DataFrame, pd.DataFr
 
     c = pipe.cfg
     tokenizer = pipe.llm().tokenizer if c.prompt.max_tokens is not None else None
-    valid = pipe.validation_samples(pool)
-    if len(valid) > c.training.valid_samples:
-        valid = valid.sample(n=c.training.valid_samples, random_state=0).reset_index(drop=True)
+    valid = pipe.early_stopping_samples(pool)
     users = build_eval_users(pool.split, pool.titles, c.prompt, c.samples, which="test", tokenizer=tokenizer)
     return valid, users
 

@@ -111,6 +111,14 @@ class Pipeline:
         tokenizer = self.llm().tokenizer if self._needs_tokenizer() else None
         return valid_samples(pool.split, pool.titles, c.samples, c.prompt, tokenizer=tokenizer)
 
+    def early_stopping_samples(self, pool: Pool) -> pd.DataFrame:
+        """The validation samples every fine-tuning run stops on: ``training.valid_samples`` of them, drawn once
+        with a fixed seed, so every arm and every tuning run sees the same ones."""
+        valid = self.validation_samples(pool)
+        if len(valid) > self.cfg.training.valid_samples:
+            valid = valid.sample(n=self.cfg.training.valid_samples, random_state=0).reset_index(drop=True)
+        return valid
+
     # ------------------------------------------------------------------------------------------- fingerprints
 
     def samples_fp(self, data_fp: str) -> str:
@@ -280,14 +288,16 @@ class Pipeline:
     # ------------------------------------------------------------------------------------------- selection
 
     def select(self, pool: Pool, scores: pd.DataFrame, method: str | None = None,
-               budgets: list[int | str] | None = None, seed: int | None = None) -> dict[int, Any]:
+               budgets: list[int | str] | None = None, seed: int | None = None,
+               lambda_: float | None = None) -> dict[int, Any]:
+        """Coresets of ``method`` at each budget; ``seed`` and ``lambda_`` replace the configured ones."""
         c = self.cfg.selection
         method = method or c.method
         n = len(pool.samples)
         resolved = [resolve_budget(b, n) for b in (budgets or c.budgets)]
         columns = {k: scores[k].to_numpy(np.float64) for k in scores.columns if k != "sample_id"}
         embeddings = self.sample_embeddings(pool) if method == "kcenter" else None
-        return {b: sel.select(method, columns, b, strata=c.strata, hard_prune=c.hard_prune, lambda_=c.lambda_,
+        return {b: sel.select(method, columns, b, strata=c.strata, hard_prune=c.hard_prune, lambda_=c.lambda_ if lambda_ is None else lambda_,
                               normalization=c.normalization, seed=c.seed if seed is None else seed,
                               embeddings=embeddings, ccs_score=c.ccs_score, pool_size=n)
                 for b in resolved}

@@ -3,6 +3,7 @@
 - :mod:`deft.report.common`: Markdown tables, number formatting, atomic PNG saves.
 - :mod:`deft.report.prune`: the prune report (score distribution with strata, coverage, score agreement, costs).
 - :mod:`deft.report.experiment`: the experiment report (verdict, quality and cost, bootstrap, ledger, plots).
+- :mod:`deft.report.tuning`: the λ-tuning plot (validation quality against λ).
 
 Every function takes plain data (numpy arrays, DataFrames, dicts), writes at most one file, and returns a
 Markdown snippet or a table.

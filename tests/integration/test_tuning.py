@@ -1,0 +1,88 @@
+"""deft tune: λ chosen on validation items only, the choice recomputable from the saved per-user results,
+cached runs reused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from deft.config import load_config
+from deft.pipeline import Pipeline
+from deft.tuning import best_lambda, validation_users
+from deft_cli.main import app
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "configs" / "bench" / "tiny.yaml"
+FEW = ["--set", "training.valid_samples=3"]  # the tiny fixture has few users: leave some for ranking
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tune") / "run"
+    result = CliRunner().invoke(app, ["--quiet", "tune", str(TINY), "--out", str(out), "--lambda", "5",
+                                      "--lambda", "0", *FEW], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_report_and_choice(tuned):
+    out, output = tuned
+    for name in ("tune.md", "tune.json", "tune_lambda.png"):
+        assert (out / name).is_file(), name
+    payload = json.loads((out / "tune.json").read_text())
+    assert payload["lambdas"] == [0.0, 5.0] and payload["budget"] == 6 and payload["seeds"] == [0]
+    rows = payload["summary"]
+    metric = payload["metric"]
+    assert metric == "ndcg@10"
+    top = max(r[metric] for r in rows)
+    assert payload["best_lambda"] == min(r["lambda"] for r in rows if r[metric] == top)
+    assert f"best λ: {payload['best_lambda']:g}" in output
+    text = (out / "tune.md").read_text()
+    assert f"**Best λ: {payload['best_lambda']:g}**" in text and "](tune_lambda.png)" in text
+    for run in payload["runs"]:
+        per_user = pd.read_parquet(out / run["per_user"])
+        assert len(per_user) == payload["validation_users"]
+        for name, value in run["metrics"].items():
+            assert np.isclose(per_user[name].mean(), value), (run["key"], name)
+
+
+def test_ranks_validation_items_of_users_early_stopping_does_not_use(tuned):
+    out, _ = tuned
+    payload = json.loads((out / "tune.json").read_text())
+    cfg = load_config(TINY, {"training.valid_samples": 3})
+    pipe = Pipeline(cfg, out)
+    pool = pipe.pool_from_source()
+    early = set(pipe.early_stopping_samples(pool)["user"])
+    per_user = pd.read_parquet(out / payload["runs"][0]["per_user"])
+    assert len(early) == 3 and not early & set(per_user["user"])
+    assert len(per_user) == payload["validation_users"] == len(pool.split.valid) - 3
+    users = validation_users(pipe, pool, pipe.early_stopping_samples(pool))
+    assert list(users["user"]) == list(per_user["user"])
+    for row in users.itertuples():
+        assert list(row.targets) == list(pool.split.valid[row.user]) != list(pool.split.test[row.user])
+
+
+def test_second_run_recomputes_nothing_and_ties_go_to_the_smaller_lambda(tuned):
+    out, _ = tuned
+    records = {p: p.stat().st_mtime_ns for p in out.glob("tune/*/record.json")}
+    assert len(records) == 2
+    result = CliRunner().invoke(app, ["--quiet", "tune", str(TINY), "--out", str(out), "--lambda", "0",
+                                      "--lambda", "5", *FEW])
+    assert result.exit_code == 0, result.output
+    assert {p: p.stat().st_mtime_ns for p in out.glob("tune/*/record.json")} == records
+    rows = [{"lambda": 0.3, "ndcg@10": 0.1}, {"lambda": 1.0, "ndcg@10": 0.1}, {"lambda": 2.0, "ndcg@10": 0.05}]
+    assert best_lambda(rows, "ndcg@10") == 0.3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lambda", "1", "--lambda", "1"], "repeated"),
+    (["--budget", "abc"], "tuning budget"),
+])
+def test_bad_sweeps_are_refused_up_front(tmp_path, args, message):
+    result = CliRunner().invoke(app, ["--quiet", "tune", str(TINY), "--out", str(tmp_path / "t"), *args])
+    assert result.exit_code == 1 and message in result.output
