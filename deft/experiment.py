@@ -244,13 +244,16 @@ def _run_arm(pipe: Pipeline, pool: Pool, scores: pd.DataFrame, valid: pd.DataFra
     return record
 
 
-def _save_coreset(pipe: Pipeline, pool: Pool, selection: Any, arm_dir: Path) -> str:
-    """``coreset.parquet``: which pool samples the run trained on (and their strata), so a result can be audited
-    and its coreset reused; the path is relative to the run directory."""
-    path = arm_dir / "coreset.parquet"
+def save_coreset(path: Path, pool: Pool, selection: Any) -> None:
+    """``coreset.parquet``: which pool samples a run trained on (and their strata), so a result can be audited
+    and its coreset reused."""
     write_parquet(path, pd.DataFrame({"sample_id": pool.samples["sample_id"].iloc[selection.indices].to_numpy(),
                                       "pool_index": selection.indices, "stratum": selection.strata}))
-    return str(path.relative_to(pipe.run.root))
+
+
+def _save_coreset(pipe: Pipeline, pool: Pool, selection: Any, arm_dir: Path) -> str:
+    save_coreset(arm_dir / "coreset.parquet", pool, selection)
+    return str((arm_dir / "coreset.parquet").relative_to(pipe.run.root))
 
 
 def _selection_facts(selection: Any, coreset: str | None) -> dict[str, Any]:

@@ -107,6 +107,7 @@ def _run_fingerprint(pipe: Pipeline, pool: Pool, users: pd.DataFrame, lam: float
 def _tune_run(pipe: Pipeline, pool: Pool, scores: pd.DataFrame, early: pd.DataFrame, users: pd.DataFrame,
               lam: float, budget: int, seed: int) -> dict[str, Any]:
     from deft.evaluation import evaluate
+    from deft.experiment import save_coreset
     from deft.training import train_lora
 
     key = _run_key(lam, budget, seed)
@@ -125,12 +126,15 @@ def _tune_run(pipe: Pipeline, pool: Pool, scores: pd.DataFrame, early: pd.DataFr
     cfg = pipe.cfg
     selection = pipe.select(pool, scores, "dealrec", [budget], seed=seed, lambda_=lam)[budget]
     chosen = pool.samples.iloc[selection.indices].reset_index(drop=True)
+    save_coreset(run_dir / "coreset.parquet", pool, selection)
     trained = train_lora(pipe.llm(), chosen, early, cfg.lora, replace(cfg.training, seed=seed), run_dir / "train",
                          progress=pipe.progress, overwrite=pipe.run.overwrite)
     evaluated = evaluate(pipe.llm(), trained.adapter_dir, users, pool.titles, cfg.evaluation, run_dir / "eval",
                          cache_dir=pipe.run.path("cache"), progress=pipe.progress, overwrite=pipe.run.overwrite)
     record = {"key": key, "lambda": lam, "budget": budget, "seed": seed, "fingerprint": fp,
               "samples": len(chosen), "metrics": evaluated.metrics,
+              "selection": {"coreset": str((run_dir / "coreset.parquet").relative_to(pipe.run.root)),
+                            "params": selection.params, "stratum_counts": selection.stratum_counts.tolist()},
               "train": {"wall_s": trained.wall_s, "epochs": trained.epochs_run, "best_epoch": trained.best_epoch,
                         "best_valid_loss": trained.best_valid_loss},
               "eval": {"wall_s": evaluated.wall_s, "s_per_user": evaluated.s_per_user},

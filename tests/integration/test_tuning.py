@@ -44,6 +44,9 @@ def test_report_and_choice(tuned):
     assert f"best λ: {payload['best_lambda']:g}" in output
     text = (out / "tune.md").read_text()
     assert f"**Best λ: {payload['best_lambda']:g}**" in text and "](tune_lambda.png)" in text
+    coresets = [pd.read_parquet(out / run["selection"]["coreset"]) for run in payload["runs"]]
+    assert all(len(c) == 6 for c in coresets)
+    assert {run["selection"]["params"]["lambda"] for run in payload["runs"]} == {0.0, 5.0}
     for run in payload["runs"]:
         per_user = pd.read_parquet(out / run["per_user"])
         assert len(per_user) == payload["validation_users"]
