@@ -152,8 +152,13 @@ def _write_report(pipe: Pipeline, pool: Pool, cfg: DeftConfig, names: list[str],
     stage_costs = pipe.run.stage_costs()
     pending = [run for run in runs if run.key not in finished]
     left = remaining_seconds(records, pending, len(pool.samples))
+    # The verdict needs random, dealrec and full: how long until those alone are in (they run first).
+    headline = [run for run in pending if run.arm in (*HEADLINE_ARMS, "full")]
+    to_verdict = remaining_seconds(records, headline, len(pool.samples)) if headline else None
     status = {"finished": len(records), "planned": len(runs), "pending": [run.key for run in pending],
-              "estimated_remaining_s": None if left is None or not pending else round(left)}
+              "estimated_remaining_s": None if left is None or not pending else round(left),
+              "headline_pending": len(headline),
+              "headline_remaining_s": None if to_verdict is None else round(to_verdict)}
     payload = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M"), "config": to_dict(cfg),
                "pool_size": len(pool.samples), "test_users": evaluated, "status": status, "runs": records,
                "summary": summarise(records, cfg, stage_costs, names),

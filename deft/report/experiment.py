@@ -140,6 +140,10 @@ def status_lines(status: dict[str, Any] | None) -> list[str]:
         return []
     left = status.get("estimated_remaining_s")
     eta = "" if left is None else f" About {left / 3600:.1f} h of compute left at the pace so far."
+    verdict_left, headline = status.get("headline_remaining_s"), status.get("headline_pending")
+    if verdict_left is not None and headline and headline < len(status["pending"]):
+        eta += (f" The headline runs (random, dealrec, full), which run first, need about {verdict_left / 3600:.1f} h "
+                f"of it ({headline} run{'' if headline == 1 else 's'}).")
     return [f"> **Partial results: {status['finished']} of {status['planned']} runs finished.** Every table, "
             f"plot and verdict below covers only those; re-run the same command to resume.{eta} "
             f"Pending: {', '.join(status['pending'])}.", ""]

@@ -194,6 +194,14 @@ def test_status_banner_only_while_runs_are_pending():
     lines = status_lines({"finished": 1, "planned": 3, "pending": ["full-all-s0", "grand-6-s0"],
                           "estimated_remaining_s": 7200})
     assert "1 of 3 runs finished" in lines[0] and "2.0 h" in lines[0] and "full-all-s0, grand-6-s0" in lines[0]
+    assert "headline" not in lines[0]
+    lines = status_lines({"finished": 1, "planned": 3, "pending": ["full-all-s0", "grand-6-s0"],
+                          "estimated_remaining_s": 7200, "headline_pending": 1, "headline_remaining_s": 5400})
+    assert "headline runs (random, dealrec, full), which run first, need about 1.5 h of it (1 run)" in lines[0]
+    # when only headline runs are left, the total says it all
+    lines = status_lines({"finished": 1, "planned": 2, "pending": ["full-all-s0"], "estimated_remaining_s": 7200,
+                          "headline_pending": 1, "headline_remaining_s": 7200})
+    assert "headline" not in lines[0]
 
 
 def test_verdict_placeholder_says_whether_dealrec_is_pending():
