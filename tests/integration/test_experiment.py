@@ -228,9 +228,10 @@ def test_interrupted_experiment_reports_what_finished_and_resumes(tmp_path, monk
     # Headline order: random and dealrec before the full pool.
     assert calls == ["random-6-s0", "dealrec-6-s0"]
     partial = json.loads((out / "results.json").read_text())
+    left = partial["status"]["estimated_remaining_s"]
     assert partial["status"] == {"finished": 2, "planned": 3, "pending": ["full-all-s0"],
-                                 "estimated_remaining_s": partial["status"]["estimated_remaining_s"]}
-    assert partial["status"]["estimated_remaining_s"] > 0
+                                 "estimated_remaining_s": left, "headline_pending": 1, "headline_remaining_s": left}
+    assert left > 0
     assert [r["key"] for r in partial["runs"]] == calls
     assert "Partial results: 2 of 3 runs finished" in (out / "results.md").read_text()
 
