@@ -19,7 +19,7 @@ import pandas as pd
 from deft.artifacts import fingerprint, measure, read_json, read_parquet, write_json, write_parquet
 from deft.config import DeftConfig, headline_k, resolve_budget, to_dict
 from deft.errors import ArtifactMismatchError, ConfigError
-from deft.pipeline import SCORE_STAGE, Pipeline, Pool, method_scores, method_stages
+from deft.pipeline import SCORE_STAGE, Pipeline, Pool, method_scores, method_stages, with_code
 from deft.selection import settings_used
 
 log = logging.getLogger(__name__)
@@ -315,12 +315,17 @@ def _arm_fingerprint(pipe: Pipeline, pool: Pool, run: ArmRun) -> str:
     c = pipe.cfg
     stages = method_stages(run.arm, ccs_score=c.selection.ccs_score)  # k-center's includes its surrogate
     used = () if run.arm == "full" else settings_used(run.arm)
-    return fingerprint({"pool": pool.fingerprint, "scores": {s: pipe.stage_fp(s, pool) for s in stages},
-                        "run": [run.arm, run.budget, run.seed],
-                        "selection": {name: getattr(c.selection, name) for name in used},
-                        "training": replace(c.training, seed=run.seed).result_settings(),
-                        "lora": to_dict(c.lora), "model": pipe.llm().fingerprint,
-                        "evaluation": c.evaluation.result_settings()})
+    return fingerprint(with_code({"pool": pool.fingerprint, "scores": {s: pipe.stage_fp(s, pool) for s in stages},
+                                  "run": [run.arm, run.budget, run.seed],
+                                  "selection": {name: getattr(c.selection, name) for name in used},
+                                  "training": replace(c.training, seed=run.seed).result_settings(),
+                                  "lora": to_dict(c.lora), "model": pipe.llm().fingerprint,
+                                  "evaluation": c.evaluation.result_settings()}, *_code_parts(run)))
+
+
+def _code_parts(run: ArmRun) -> tuple[str, ...]:
+    """The code a run's result depends on: its training and evaluation, and the selection unless it is full."""
+    return ("arm",) if run.arm == "full" else ("selection", "arm")
 
 
 def _wide_arm_fingerprint(pipe: Pipeline, pool: Pool, run: ArmRun) -> str:
@@ -329,11 +334,11 @@ def _wide_arm_fingerprint(pipe: Pipeline, pool: Pool, run: ArmRun) -> str:
     its fingerprint rewritten; nothing finished is recomputed for the change."""
     c = pipe.cfg
     stages = sorted({SCORE_STAGE[n] for n in method_scores(run.arm, c.selection.ccs_score)})
-    return fingerprint({"pool": pool.fingerprint, "scores": {s: pipe.stage_fp(s, pool) for s in stages},
-                        "run": [run.arm, run.budget, run.seed], "selection": to_dict(c.selection),
-                        "training": c.training.result_settings(), "lora": to_dict(c.lora),
-                        "model": pipe.llm().fingerprint,
-                        "evaluation": to_dict(c.evaluation)})
+    return fingerprint(with_code({"pool": pool.fingerprint, "scores": {s: pipe.stage_fp(s, pool) for s in stages},
+                                  "run": [run.arm, run.budget, run.seed], "selection": to_dict(c.selection),
+                                  "training": c.training.result_settings(), "lora": to_dict(c.lora),
+                                  "model": pipe.llm().fingerprint,
+                                  "evaluation": to_dict(c.evaluation)}, *_code_parts(run)))
 
 
 def _references(pipe: Pipeline, pool: Pool) -> dict[str, Any]:

@@ -40,6 +40,19 @@ METHOD_SCORES: dict[str, tuple[str, ...]] = {
 SCORE_STAGE = {name: "baselines" if name in ("grand", "el2n") else name for name in SCORE_NAMES}
 
 
+# Bump a number when a code change alters what that part computes, so results cached by the older code are
+# refused (or recomputed with --overwrite) instead of silently reused: settings and inputs are in every
+# fingerprint, code is not. Version 1 is implied (left out of the fingerprint), so that caches written before
+# these numbers existed stay valid. "selection" covers coresets, "arm" an experiment run's training and evaluation.
+CODE_VERSIONS = {"surrogate": 1, "influence": 1, "loss": 1, "baselines": 1, "effort": 1, "selection": 1, "arm": 1}
+
+
+def with_code(parts: dict[str, Any], *names: str) -> dict[str, Any]:
+    """``parts`` plus the code versions of ``names`` that are past 1."""
+    versions = {name: CODE_VERSIONS[name] for name in names if CODE_VERSIONS[name] != 1}
+    return {**parts, "code": versions} if versions else parts
+
+
 def method_scores(method: str, ccs_score: str = "el2n") -> tuple[str, ...]:
     """The score columns a selection method reads; ``ccs`` stratifies the configured ``selection.ccs_score``."""
     return (ccs_score,) if method == "ccs" else METHOD_SCORES.get(method, ())
@@ -127,18 +140,18 @@ class Pipeline:
                             "prompt": to_dict(self.cfg.prompt), "tokenizer": model})
 
     def stage_fp(self, stage: str, pool: Pool) -> str:
-        """A stage's inputs. The surrogate learns from the users' sequences alone, so prompt or model settings
-        (which change the pool's texts) do not retrain it; the scores computed on the pool's samples do
-        depend on the pool."""
+        """A stage's inputs (and its code version). The surrogate learns from the users' sequences alone, so
+        prompt or model settings (which change the pool's texts) do not retrain it; the scores computed on the
+        pool's samples do depend on the pool."""
         c = self.cfg
         if stage == "effort":
-            return fingerprint({"pool": pool.fingerprint, "model": self.llm().fingerprint, "lora": to_dict(c.lora),
-                                "effort": to_dict(c.effort)})
+            return fingerprint(with_code({"pool": pool.fingerprint, "model": self.llm().fingerprint,
+                                          "lora": to_dict(c.lora), "effort": to_dict(c.effort)}, stage))
         from deft.surrogate.trainer import FIT, surrogate_fingerprint
 
         if stage == "baselines":  # GraNd and EL2N train their own early surrogates, with the same fit
-            return fingerprint({"pool": pool.fingerprint, "surrogate": to_dict(c.surrogate), "fit": FIT,
-                                "baselines": to_dict(c.baselines)})
+            return fingerprint(with_code({"pool": pool.fingerprint, "surrogate": to_dict(c.surrogate), "fit": FIT,
+                                          "baselines": to_dict(c.baselines)}, stage))
         surrogate = surrogate_fingerprint(pool.split, c.surrogate)
         influence = {k: v for k, v in to_dict(c.influence).items() if k != "strict"}  # decides errors, not scores
         parts: dict[str, Any] = {
@@ -146,17 +159,19 @@ class Pipeline:
             "influence": {"surrogate": surrogate, "pool": pool.fingerprint, "influence": influence},
             "loss": {"surrogate": surrogate, "pool": pool.fingerprint},
         }
-        return fingerprint(parts[stage])
+        return fingerprint(with_code(parts[stage], stage))
 
     def selection_fp(self, pool: Pool, names: list[str], method: str, budget: int) -> str:
         """A coreset's inputs: the pool (random and k-center read no score), the stages it reads (the surrogate
         for k-center's embeddings), the settings ``method`` reads, its seed (not for top-m methods) and the
         budget. Adding a budget to a sweep or changing a setting the method ignores keeps the coreset."""
         c = self.cfg.selection
-        return fingerprint({"pool": pool.fingerprint,
-                            "scores": {s: self.stage_fp(s, pool) for s in method_stages(method, names)},
-                            "method": method, "settings": {n: getattr(c, n) for n in sel.settings_used(method)},
-                            "seed": None if method in sel.TOP_METHODS else c.seed, "budget": budget})
+        return fingerprint(with_code({"pool": pool.fingerprint,
+                                      "scores": {s: self.stage_fp(s, pool) for s in method_stages(method, names)},
+                                      "method": method,
+                                      "settings": {n: getattr(c, n) for n in sel.settings_used(method)},
+                                      "seed": None if method in sel.TOP_METHODS else c.seed, "budget": budget},
+                                     "selection"))
 
     def check_plan(self, pool: Pool, names: list[str], method: str, budgets: list[int]) -> None:
         """Refuse, before any work, unknown scores, scores this pool cannot have, and a run directory whose

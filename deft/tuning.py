@@ -22,7 +22,7 @@ import pandas as pd
 from deft.artifacts import fingerprint, frame_fingerprint, machine_info, read_json, write_json, write_text
 from deft.config import DeftConfig, budget_ok, headline_k, resolve_budget, to_dict
 from deft.errors import ArtifactMismatchError, ConfigError
-from deft.pipeline import Pipeline, Pool, method_scores, method_stages
+from deft.pipeline import Pipeline, Pool, method_scores, method_stages, with_code
 from deft.selection import settings_used
 
 log = logging.getLogger(__name__)
@@ -96,12 +96,13 @@ def _run_key(lam: float, budget: int, seed: int) -> str:
 
 def _run_fingerprint(pipe: Pipeline, pool: Pool, users: pd.DataFrame, lam: float, budget: int, seed: int) -> str:
     c = pipe.cfg
-    return fingerprint({"pool": pool.fingerprint, "scores": {s: pipe.stage_fp(s, pool) for s in method_stages("dealrec")},
-                        "run": [lam, budget, seed],
-                        "selection": {k: getattr(c.selection, k) for k in settings_used("dealrec") if k != "lambda_"},
-                        "training": replace(c.training, seed=seed).result_settings(), "lora": to_dict(c.lora),
-                        "model": pipe.llm().fingerprint, "evaluation": c.evaluation.result_settings(),
-                        "users": frame_fingerprint(users[["user", "history", "targets", "input"]])})
+    parts = {"pool": pool.fingerprint, "scores": {s: pipe.stage_fp(s, pool) for s in method_stages("dealrec")},
+             "run": [lam, budget, seed],
+             "selection": {k: getattr(c.selection, k) for k in settings_used("dealrec") if k != "lambda_"},
+             "training": replace(c.training, seed=seed).result_settings(), "lora": to_dict(c.lora),
+             "model": pipe.llm().fingerprint, "evaluation": c.evaluation.result_settings(),
+             "users": frame_fingerprint(users[["user", "history", "targets", "input"]])}
+    return fingerprint(with_code(parts, "selection", "arm"))
 
 
 def _tune_run(pipe: Pipeline, pool: Pool, scores: pd.DataFrame, early: pd.DataFrame, users: pd.DataFrame,

@@ -250,3 +250,15 @@ def test_interrupted_experiment_reports_what_finished_and_resumes(tmp_path, monk
     final = json.loads((out / "results.json").read_text())
     assert final["status"]["pending"] == [] and len(final["runs"]) == 3
     assert "Partial results" not in (out / "results.md").read_text()
+
+
+@pytest.mark.parametrize("part, refused", [("influence", "influence"), ("arm", "arm random-6-s0"),
+                                           ("selection", "arm random-6-s0")])
+def test_a_code_version_bump_refuses_what_the_older_code_cached(experiment, tmp_path, monkeypatch, part, refused):
+    import deft.pipeline as pipeline_module
+
+    copy = tmp_path / "run"
+    shutil.copytree(experiment, copy)
+    monkeypatch.setitem(pipeline_module.CODE_VERSIONS, part, 2)
+    result = CliRunner().invoke(app, ["--quiet", "bench", "tiny", "--out", str(copy)])
+    assert result.exit_code == 1 and refused in result.output and "--overwrite" in result.output
