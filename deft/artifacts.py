@@ -139,6 +139,21 @@ def save_safetensors(path: str | Path, tensors: dict[str, Any], metadata_: dict[
 # ----------------------------------------------------------------------------------------------- fingerprints
 
 
+# Bump a number when a code change alters what that part computes, so results cached by the older code are
+# refused (or recomputed with --overwrite) instead of silently reused: settings and inputs are in every
+# fingerprint, code is not. Version 1 is implied (left out of the fingerprint), so that caches written before
+# these numbers existed stay valid. An experiment run's fingerprint carries the versions of the selection (unless
+# it is the full pool), the training and the evaluation, which their own caches carry as well.
+CODE_VERSIONS = {"surrogate": 1, "influence": 1, "loss": 1, "baselines": 1, "effort": 1, "selection": 1,
+                 "training": 1, "evaluation": 1}
+
+
+def with_code(parts: dict[str, Any], *names: str) -> dict[str, Any]:
+    """``parts`` plus the code versions of ``names`` that are past 1."""
+    versions = {name: CODE_VERSIONS[name] for name in names if CODE_VERSIONS[name] != 1}
+    return {**parts, "code": versions} if versions else parts
+
+
 def fingerprint(obj: Any) -> str:
     """SHA-256 (first 16 hex digits) of the canonical JSON of ``obj``: config dicts, lists of ids, ..."""
     blob = json.dumps(obj, sort_keys=True, default=_json_default, separators=(",", ":")).encode()

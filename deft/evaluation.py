@@ -35,6 +35,7 @@ from deft.artifacts import (
     read_json,
     read_npy,
     read_parquet,
+    with_code,
     write_json,
     write_npy,
     write_parquet,
@@ -431,6 +432,26 @@ def check_adapter(adapter_dir: str | Path | None) -> None:
                               "in OUT/adapter)", file=path, field="adapter_config.json")
 
 
+def evaluation_fingerprint(loaded: LoadedModel, adapter_dir: str | Path | None, users: pd.DataFrame,
+                           titles: Mapping[Hashable, str], eval_cfg: EvaluationConfig) -> str:
+    """What an evaluation's result depends on: model, adapter files, the (already capped) users' prompts and
+    targets, titles, result settings, generation length, precision and the evaluation code's version."""
+    max_new = eval_cfg.max_new_tokens or default_max_new_tokens(loaded.tokenizer, titles)
+    return fingerprint(with_code({"model": loaded.fingerprint, "adapter": _adapter_fingerprint(adapter_dir),
+                                  "users": frame_fingerprint(users[list(USER_COLUMNS)]),
+                                  "titles": fingerprint(sorted([str(k), v] for k, v in titles.items())),
+                                  "eval": eval_cfg.result_settings(), "max_new_tokens": max_new,
+                                  # generation and grounding differ in the low bits between fp32 and bf16 runs
+                                  "precision": [str(loaded.weights_dtype), str(loaded.autocast_dtype)]},
+                                 "evaluation"))
+
+
+def saved_evaluation_fingerprint(out_dir: str | Path) -> str | None:
+    """The fingerprint of the evaluation saved in ``out_dir`` (None if there is none)."""
+    path = Path(out_dir) / "metrics.json"
+    return read_json(path).get("fingerprint") if path.is_file() else None
+
+
 def _cached(out_dir: Path, fp: str, overwrite: bool) -> EvalResult | None:
     """The saved evaluation for this fingerprint; another fingerprint's is an error unless ``overwrite``."""
     metrics_path, per_user_path = out_dir / "metrics.json", out_dir / "per_user.parquet"
@@ -462,14 +483,8 @@ def evaluate(loaded: LoadedModel, adapter_dir: str | Path | None, users: pd.Data
     _check_users(users, titles)
     if eval_cfg.max_users is not None:
         users = users.iloc[: eval_cfg.max_users]
-    tok = loaded.tokenizer
-    max_new = eval_cfg.max_new_tokens or default_max_new_tokens(tok, titles)
-    fp = fingerprint({"model": loaded.fingerprint, "adapter": _adapter_fingerprint(adapter_dir),
-                      "users": frame_fingerprint(users[list(USER_COLUMNS)]),
-                      "titles": fingerprint(sorted([str(k), v] for k, v in titles.items())),
-                      "eval": eval_cfg.result_settings(), "max_new_tokens": max_new,
-                      # generation and grounding differ in the low bits between fp32 and bf16 runs
-                      "precision": [str(loaded.weights_dtype), str(loaded.autocast_dtype)]})
+    max_new = eval_cfg.max_new_tokens or default_max_new_tokens(loaded.tokenizer, titles)
+    fp = evaluation_fingerprint(loaded, adapter_dir, users, titles, eval_cfg)
     cached = _cached(out_dir, fp, overwrite)
     if cached is not None:
         return cached

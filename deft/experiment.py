@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from deft.artifacts import fingerprint, measure, read_json, read_parquet, write_json, write_parquet
+from deft.artifacts import fingerprint, measure, read_json, read_parquet, with_code, write_json, write_parquet
 from deft.config import DeftConfig, headline_k, resolve_budget, to_dict
 from deft.errors import ArtifactMismatchError, ConfigError
-from deft.pipeline import SCORE_STAGE, Pipeline, Pool, method_scores, method_stages, with_code
+from deft.pipeline import SCORE_STAGE, Pipeline, Pool, method_scores, method_stages
 from deft.selection import settings_used
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def run_experiment(cfg: DeftConfig, out: str | Path, *, overwrite: bool = False,
     references = _references(pipe, pool)
     # Every cached run is read (and its settings checked) before anything is computed: a mismatch fails now,
     # not hours in, and the reports written below include runs cached from an earlier order.
-    finished = {run.key: record for run in runs if (record := _cached_record(pipe, pool, run)) is not None}
+    finished = {run.key: record for run in runs if (record := _cached_record(pipe, pool, run, users)) is not None}
     todo = [run for run in runs if run.key not in finished]
     for run in runs:
         if run.key in finished:
@@ -182,9 +182,9 @@ def _valid_and_test(pipe: Pipeline, pool: Pool) -> tuple[pd.DataFrame, pd.DataFr
     return valid, users
 
 
-def _cached_record(pipe: Pipeline, pool: Pool, run: ArmRun) -> dict[str, Any] | None:
-    """The run's finished record if it was made with these settings; a record from other settings is an error
-    unless ``--overwrite`` (then it is recomputed)."""
+def _cached_record(pipe: Pipeline, pool: Pool, run: ArmRun, users: pd.DataFrame) -> dict[str, Any] | None:
+    """The run's finished record if it was made with these settings and evaluated on these test prompts; a
+    record from other settings is an error unless ``--overwrite`` (then it is recomputed)."""
     record_path = pipe.run.path("arms", run.key) / "record.json"
     if not record_path.is_file():
         return None
@@ -199,12 +199,32 @@ def _cached_record(pipe: Pipeline, pool: Pool, run: ArmRun) -> dict[str, Any] | 
 
             # records written before the kept epoch was recorded: read it back from the training log
             record["train"]["best_epoch"] = finished_best_epoch(train_dir)
-        return record
+        stale = _stale_evaluation(pipe, pool, run, users)
+        if stale is None:
+            return record
+        if not pipe.run.overwrite:
+            raise ArtifactMismatchError(f"arm {run.key} in {pipe.run.root} was evaluated on other test prompts, titles "
+                                        f"or evaluation code ({stale}); use --overwrite to evaluate it again (its "
+                                        "training is kept) or choose another --out", file=record_path)
+        return None
     if not pipe.run.overwrite:
         raise ArtifactMismatchError(
             f"arm {run.key} in {pipe.run.root} was made with fingerprint {record.get('fingerprint')}, these "
             f"settings give {fp}; use --overwrite to replace it or choose another --out", file=record_path)
     return None
+
+
+def _stale_evaluation(pipe: Pipeline, pool: Pool, run: ArmRun, users: pd.DataFrame) -> str | None:
+    """Why the run's saved evaluation is not the one these inputs give, or None if it is. The run's fingerprint
+    holds settings, not the test prompts built from the data (a prompt-building change would slip past it)."""
+    from deft.evaluation import evaluation_fingerprint, saved_evaluation_fingerprint
+
+    arm_dir = pipe.run.path("arms", run.key)
+    eval_cfg = pipe.cfg.evaluation
+    capped = users if eval_cfg.max_users is None else users.iloc[: eval_cfg.max_users]
+    saved = saved_evaluation_fingerprint(arm_dir / "eval")
+    now = evaluation_fingerprint(pipe.llm(), arm_dir / "train" / "adapter", capped, pool.titles, eval_cfg)
+    return None if saved == now else f"evaluation fingerprint {saved}, these inputs give {now}"
 
 
 def _run_arm(pipe: Pipeline, pool: Pool, scores: pd.DataFrame, valid: pd.DataFrame, users: pd.DataFrame,
@@ -325,7 +345,7 @@ def _arm_fingerprint(pipe: Pipeline, pool: Pool, run: ArmRun) -> str:
 
 def _code_parts(run: ArmRun) -> tuple[str, ...]:
     """The code a run's result depends on: its training and evaluation, and the selection unless it is full."""
-    return ("arm",) if run.arm == "full" else ("selection", "arm")
+    return ("training", "evaluation") if run.arm == "full" else ("selection", "training", "evaluation")
 
 
 def _wide_arm_fingerprint(pipe: Pipeline, pool: Pool, run: ArmRun) -> str:

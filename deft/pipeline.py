@@ -21,6 +21,7 @@ from deft.artifacts import (
     fingerprint,
     frame_fingerprint,
     read_parquet,
+    with_code,
     write_jsonl,
     write_parquet,
 )
@@ -38,19 +39,6 @@ METHOD_SCORES: dict[str, tuple[str, ...]] = {
 }
 # each score's column in scores.parquet and the stage that makes it (GraNd and EL2N come from one stage)
 SCORE_STAGE = {name: "baselines" if name in ("grand", "el2n") else name for name in SCORE_NAMES}
-
-
-# Bump a number when a code change alters what that part computes, so results cached by the older code are
-# refused (or recomputed with --overwrite) instead of silently reused: settings and inputs are in every
-# fingerprint, code is not. Version 1 is implied (left out of the fingerprint), so that caches written before
-# these numbers existed stay valid. "selection" covers coresets, "arm" an experiment run's training and evaluation.
-CODE_VERSIONS = {"surrogate": 1, "influence": 1, "loss": 1, "baselines": 1, "effort": 1, "selection": 1, "arm": 1}
-
-
-def with_code(parts: dict[str, Any], *names: str) -> dict[str, Any]:
-    """``parts`` plus the code versions of ``names`` that are past 1."""
-    versions = {name: CODE_VERSIONS[name] for name in names if CODE_VERSIONS[name] != 1}
-    return {**parts, "code": versions} if versions else parts
 
 
 def method_scores(method: str, ccs_score: str = "el2n") -> tuple[str, ...]:

@@ -37,6 +37,7 @@ from deft.artifacts import (
     frame_fingerprint,
     read_json,
     save_safetensors,
+    with_code,
     write_json,
 )
 from deft.config import LoraConfig, TrainingConfig, to_dict
@@ -229,9 +230,9 @@ def plot_losses(entries: list[dict[str, Any]], path: Path) -> None:
 
 def training_fingerprint(loaded: LoadedModel, train: pd.DataFrame, valid: pd.DataFrame | None,
                          lora_cfg: LoraConfig, train_cfg: TrainingConfig) -> str:
-    return fingerprint({"model": loaded.fingerprint, "train": frame_fingerprint(train[list(FRAME_COLUMNS)]),
-                        "valid": None if valid is None else frame_fingerprint(valid[list(FRAME_COLUMNS)]),
-                        "lora": to_dict(lora_cfg), "training": train_cfg.result_settings()})
+    return fingerprint(with_code({"model": loaded.fingerprint, "train": frame_fingerprint(train[list(FRAME_COLUMNS)]),
+                                  "valid": None if valid is None else frame_fingerprint(valid[list(FRAME_COLUMNS)]),
+                                  "lora": to_dict(lora_cfg), "training": train_cfg.result_settings()}, "training"))
 
 
 def _result_from_json(out_dir: Path, saved: dict[str, Any]) -> TrainResult:

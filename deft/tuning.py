@@ -19,10 +19,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from deft.artifacts import fingerprint, frame_fingerprint, machine_info, read_json, write_json, write_text
+from deft.artifacts import (
+    fingerprint,
+    frame_fingerprint,
+    machine_info,
+    read_json,
+    with_code,
+    write_json,
+    write_text,
+)
 from deft.config import DeftConfig, budget_ok, headline_k, resolve_budget, to_dict
 from deft.errors import ArtifactMismatchError, ConfigError
-from deft.pipeline import Pipeline, Pool, method_scores, method_stages, with_code
+from deft.pipeline import Pipeline, Pool, method_scores, method_stages
 from deft.selection import settings_used
 
 log = logging.getLogger(__name__)
@@ -102,7 +110,7 @@ def _run_fingerprint(pipe: Pipeline, pool: Pool, users: pd.DataFrame, lam: float
              "training": replace(c.training, seed=seed).result_settings(), "lora": to_dict(c.lora),
              "model": pipe.llm().fingerprint, "evaluation": c.evaluation.result_settings(),
              "users": frame_fingerprint(users[["user", "history", "targets", "input"]])}
-    return fingerprint(with_code(parts, "selection", "arm"))
+    return fingerprint(with_code(parts, "selection", "training", "evaluation"))
 
 
 def _tune_run(pipe: Pipeline, pool: Pool, scores: pd.DataFrame, early: pd.DataFrame, users: pd.DataFrame,

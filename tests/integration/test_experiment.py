@@ -172,13 +172,13 @@ def test_records_with_the_older_wider_fingerprint_are_kept(experiment, tmp_path,
     narrow = {p: json.loads(p.read_text())["fingerprint"] for p in copy.glob("arms/*/record.json")}
     real_cached_record = experiment_module._cached_record
 
-    def as_written_by_0_1_0(pipe, pool, run):
+    def as_written_by_0_1_0(pipe, pool, run, users):
         path = copy / "arms" / run.key / "record.json"
         record = json.loads(path.read_text())
         record["fingerprint"] = experiment_module._wide_arm_fingerprint(pipe, pool, run)
         assert record["fingerprint"] != narrow[path]
         path.write_text(json.dumps(record))
-        return real_cached_record(pipe, pool, run)
+        return real_cached_record(pipe, pool, run, users)
 
     computed = []
     monkeypatch.setattr(experiment_module, "_cached_record", as_written_by_0_1_0)
@@ -252,13 +252,41 @@ def test_interrupted_experiment_reports_what_finished_and_resumes(tmp_path, monk
     assert "Partial results" not in (out / "results.md").read_text()
 
 
-@pytest.mark.parametrize("part, refused", [("influence", "influence"), ("arm", "arm random-6-s0"),
-                                           ("selection", "arm random-6-s0")])
+@pytest.mark.parametrize("part, refused", [("influence", "influence"), ("training", "arm random-6-s0"),
+                                           ("evaluation", "arm random-6-s0"), ("selection", "arm random-6-s0")])
 def test_a_code_version_bump_refuses_what_the_older_code_cached(experiment, tmp_path, monkeypatch, part, refused):
-    import deft.pipeline as pipeline_module
+    import deft.artifacts as artifacts_module
 
     copy = tmp_path / "run"
     shutil.copytree(experiment, copy)
-    monkeypatch.setitem(pipeline_module.CODE_VERSIONS, part, 2)
+    monkeypatch.setitem(artifacts_module.CODE_VERSIONS, part, 2)
     result = CliRunner().invoke(app, ["--quiet", "bench", "tiny", "--out", str(copy)])
     assert result.exit_code == 1 and refused in result.output and "--overwrite" in result.output
+
+
+def test_a_training_code_bump_with_overwrite_really_retrains(experiment, tmp_path, monkeypatch):
+    import deft.artifacts as artifacts_module
+
+    copy = tmp_path / "run"
+    shutil.copytree(experiment, copy)
+    adapters = {p: p.read_bytes() for p in copy.glob("arms/*/train/train_result.json")}
+    monkeypatch.setitem(artifacts_module.CODE_VERSIONS, "training", 2)
+    result = CliRunner().invoke(app, ["--quiet", "bench", "tiny", "--out", str(copy), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    # every run was trained again (a new fingerprint in each training result), not just given a new record
+    assert all(p.read_bytes() != old for p, old in adapters.items())
+
+
+def test_an_arm_evaluated_on_other_prompts_is_refused_and_reevaluated_with_overwrite(experiment, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(experiment, copy)
+    metrics_path = copy / "arms" / "random-6-s0" / "eval" / "metrics.json"
+    saved = json.loads(metrics_path.read_text())  # as if the test prompts had been built differently back then
+    metrics_path.write_text(json.dumps({**saved, "fingerprint": "0" * 16}))
+    trained = (copy / "arms" / "random-6-s0" / "train" / "train_result.json").read_bytes()
+    result = CliRunner().invoke(app, ["--quiet", "bench", "tiny", "--out", str(copy)])
+    assert result.exit_code == 1 and "arm random-6-s0" in result.output and "other test prompts" in result.output
+    result = CliRunner().invoke(app, ["--quiet", "bench", "tiny", "--out", str(copy), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(metrics_path.read_text())["fingerprint"] == saved["fingerprint"]  # evaluated again
+    assert (copy / "arms" / "random-6-s0" / "train" / "train_result.json").read_bytes() == trained  # kept
