@@ -27,7 +27,7 @@ from deft.artifacts import (
 )
 from deft.config import SCORE_NAMES, DeftConfig, resolve_budget, to_dict
 from deft.data.types import Split
-from deft.errors import DeftError
+from deft.errors import ConfigError, DeftError
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +244,7 @@ class Pipeline:
         fp = self.stage_fp(stage, pool)
         path = self.run.path("scores", f"{stage}.parquet")
         if self.run.is_done(stage, fp):
+            self._check_cached_solve(stage)
             return read_parquet(path)
         if stage in ("influence", "loss"):
             self.surrogate(pool)  # its own stage: not timed inside this one, or the ledger counts it twice
@@ -254,6 +255,19 @@ class Pipeline:
                 raise DeftError(f"stage '{stage}' returned scores out of pool order (internal error)")
             write_parquet(path, frame)
         return frame
+
+    def _check_cached_solve(self, stage: str) -> None:
+        """Influence cached by a non-strict run whose solve failed is refused by a strict one (``strict`` is not
+        in the stage's fingerprint, since a successful solve is the same either way)."""
+        if stage != "influence" or not self.cfg.influence.strict:
+            return
+        from deft.scores.influence import solve_failure
+
+        why = solve_failure(self.run.stage_meta(stage) or {})
+        if why:
+            raise ConfigError([f"the cached influence scores in {self.run.root} are unusable: {why}; they were kept "
+                               "by `influence.strict: false`. Recompute with other solver settings (--overwrite) "
+                               "or set `influence.strict: false` to use them anyway"])
 
     def _compute(self, stage: str, pool: Pool) -> tuple[pd.DataFrame, dict[str, Any]]:
         ids = pool.samples["sample_id"].to_numpy()

@@ -25,8 +25,8 @@ inverse-Hessian-vector product v = H^-1 grad R serves every sample. Solvers:
   ``lissa_batch`` samples, ``lissa_depth`` steps from h = g; each repeat r uses seed ``cfg.seed + r`` and the
   repeats' results are averaged, then divided by ``scale``. Its fixed point solves
   (H + (lambda + d * scale) I) v = g: the effective damping is reported in ``info``, with ``lissa_growth``,
-  the growth of |h| over the second half of the steps (a warning is logged above ``LISSA_SETTLED``: the
-  iteration diverges slowly when H + the effective damping is indefinite). Minibatches of fewer
+  the growth of |h| over the second half of the steps (above ``LISSA_SETTLED`` the solve has not converged, an
+  error unless ``strict`` is off: the iteration diverges slowly when H + the effective damping is indefinite). Minibatches of fewer
   than ``SMALL_BATCH`` samples run single-threaded (a 1-sample HVP is latency-bound: OpenMP hand-offs made it
   4x slower on 2 shared cores).
 
@@ -211,6 +211,7 @@ def solve_cg(op: PoolHessian, g: Tensor, cfg: InfluenceConfig, progress: bool) -
         if info["converged"]:
             break
     info["relative_residual"] = math.sqrt(rs) / g_norm
+    info["solved"] = info["converged"] and not info["negative_curvature"]
     if not info["converged"] and not info["negative_curvature"]:
         _solve_failed(cfg, f"not converged after `influence.cg_max_iter` = {cfg.cg_max_iter} iterations (relative "
                            f"residual {info['relative_residual']:.3g} > `influence.cg_tol` = {cfg.cg_tol}); raise "
@@ -218,9 +219,20 @@ def solve_cg(op: PoolHessian, g: Tensor, cfg: InfluenceConfig, progress: bool) -
     return x, info
 
 
+def solve_failure(info: dict[str, Any]) -> str | None:
+    """Why a finished scoring run's solve did not succeed (from its ``info``), or None. Info saved before
+    ``solved`` was recorded is judged by cg's own fields."""
+    if info.get("solved") is False or info.get("negative_curvature") or info.get("converged") is False:
+        return (f"its {info.get('solver', 'inverse-Hessian')} solve did not finish (converged "
+                f"{info.get('converged')}, negative curvature {info.get('negative_curvature')}, lissa growth "
+                f"{info.get('lissa_growth')})")
+    return None
+
+
 def _solve_failed(cfg: InfluenceConfig, why: str) -> None:
     """An unfinished solve still yields plausible-looking scores, so a coreset chosen from them would be silently
-    wrong: an error unless ``influence.strict`` is off (solver studies), where it is logged and kept in info."""
+    wrong: an error unless ``influence.strict`` is off (solver studies), where it is logged and kept in info
+    (``solved: false``), and scores cached that way are refused again by a strict run."""
     if cfg.strict:
         raise ConfigError([f"influence ({cfg.solver}): {why}; or set `influence.strict: false` to keep the "
                            "unfinished solve's scores"])
@@ -278,10 +290,11 @@ def solve_lissa(op: PoolHessian, g: Tensor, cfg: InfluenceConfig, progress: bool
     if growth > LISSA_SETTLED:
         # A converging chain has |h| flat over its second half; steady growth means H + effective damping has
         # negative eigenvalues (the iteration then diverges slowly) or the depth is too short.
-        log.warning("lissa: |h| grew %.3gx over the last half of the steps; it has not converged: raise "
-                    "influence.lissa_damping (effective damping %.3g) or lissa_depth", growth, cfg.damping + d * scale)
+        _solve_failed(cfg, f"|h| grew {growth:.3g}x over the last half of the steps; it has not converged: raise "
+                           f"`influence.lissa_damping` (effective damping {cfg.damping + d * scale:.3g}) or "
+                           "`influence.lissa_depth`")
     info = {"effective_damping": cfg.damping + d * scale, "steps": cfg.lissa_repeats * cfg.lissa_depth,
-            "lissa_growth": growth}
+            "lissa_growth": growth, "solved": growth <= LISSA_SETTLED}
     return total / cfg.lissa_repeats, info
 
 

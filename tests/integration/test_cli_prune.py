@@ -228,3 +228,23 @@ def test_new_prompt_texts_rescore_without_retraining_the_surrogate(pruned, tmp_p
     assert after["surrogate"] == stages["surrogate"]  # same user sequences: the surrogate is reused
     assert {p: p.read_bytes() for p in (out / "surrogate").iterdir()} == surrogate
     assert after["influence"] != stages["influence"] and after["effort"] != stages["effort"]  # new samples
+
+
+def test_influence_kept_by_a_non_strict_failed_solve_is_refused_by_a_strict_run(tmp_path):
+    """strict is not in the scores' identity (a finished solve is the same either way), so the failure itself
+    must travel with the cached stage."""
+    base = Path(CONFIG).read_text()
+    failing = "effort:\n"
+    loose, strict = tmp_path / "loose.yaml", tmp_path / "strict.yaml"
+    loose.write_text(base.replace(failing, "influence:\n  cg_max_iter: 1\n  cg_tol: 1.0e-12\n  strict: false\n"
+                                           "effort:\n", 1))
+    strict.write_text(base.replace(failing, "influence:\n  cg_max_iter: 1\n  cg_tol: 1.0e-12\neffort:\n", 1))
+    out = tmp_path / "scores"
+    args = ["score", TINY, "--out", str(out), "--scores", "influence"]
+    result = CliRunner().invoke(app, [*args, "--config", str(strict)])
+    assert result.exit_code == 1 and "not converged after `influence.cg_max_iter` = 1" in result.output
+    result = CliRunner().invoke(app, [*args, "--config", str(loose)])
+    assert result.exit_code == 0, result.output
+    assert "not converged" in result.output  # the warning
+    result = CliRunner().invoke(app, [*args, "--config", str(strict)])
+    assert result.exit_code == 1 and "cached influence scores" in result.output and "strict" in result.output

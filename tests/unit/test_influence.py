@@ -22,6 +22,7 @@ from deft.scores.influence import (
     sasrec_problem,
     score_pool,
     select_parameters,
+    solve_failure,
     validation_pairs,
 )
 from deft.surrogate.sasrec import ItemIndex, SASRec, pad_left, sample_loss
@@ -135,9 +136,13 @@ def test_lissa_reports_slow_divergence_on_an_indefinite_hessian(caplog: pytest.L
     data = (torch.zeros(4, dtype=torch.float64),)
     cfg = InfluenceConfig(solver="lissa", damping=0.5, lissa_scale=50.0, lissa_damping=0.0, lissa_depth=200,
                           lissa_batch=4)
+    theta = torch.tensor([1.0], dtype=torch.float64)
+    with pytest.raises(ConfigError, match="has not converged.*strict"):
+        influence_from_loss(loss, theta, data, cfg, progress=False)
     with caplog.at_level("WARNING"):
-        result = influence_from_loss(loss, torch.tensor([1.0], dtype=torch.float64), data, cfg, progress=False)
+        result = influence_from_loss(loss, theta, data, dataclasses.replace(cfg, strict=False), progress=False)
     assert result.info["lissa_growth"] > 2 and "has not converged" in caplog.text
+    assert result.info["solved"] is False and solve_failure(result.info)
 
 
 def test_lissa_repeats_average_the_single_repeat_estimates(regression: dict) -> None:
@@ -304,7 +309,7 @@ def test_cg_on_an_indefinite_hessian_is_an_error_unless_not_strict(caplog: pytes
     with caplog.at_level("WARNING"):
         result = influence_from_loss(_concave, CONCAVE_THETA, CONCAVE_DATA, dataclasses.replace(cfg, strict=False),
                                      progress=False)
-    assert result.info["negative_curvature"] and not result.info["converged"]
+    assert result.info["negative_curvature"] and not result.info["converged"] and result.info["solved"] is False
     assert "non-positive curvature" in caplog.text and np.isfinite(result.scores).all()
 
 
