@@ -388,13 +388,15 @@ def bench(ctx, name, out, overrides, overwrite) -> None:
 @click.option("--seed", "seeds", type=click.IntRange(min=0), multiple=True,
               help="Selection and training seed (repeatable; default: the first experiment seed).")
 @_set_option
-@click.option("--overwrite", is_flag=True, help="Replace cached tuning runs made with other settings.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace cached tuning runs, and score stages, made with other settings (in an experiment's "
+                   "directory, replaced scores also retire its arms).")
 @click.pass_context
 def tune(ctx, config_path, out, lambdas, budget, seeds, overrides, overwrite) -> None:
     """Choose DEALRec's λ on validation: for each λ, select, fine-tune and rank the validation items.
 
-    Never reads a test item; the users early stopping uses are left out of the ranking. Writes tune.md,
-    tune.json and tune_lambda.png; each (λ, seed) run is cached, so an interrupted sweep resumes.
+    Test items play no part in the choice; the users early stopping uses are left out of the ranking. Writes
+    tune.md, tune.json and tune_lambda.png; each (λ, seed) run is cached, so an interrupted sweep resumes.
 
     \b
     Example: deft tune configs/bench/ml100k-cpu.yaml --out runs/bench-ml100k-cpu --set evaluation.max_users=300

@@ -158,6 +158,7 @@ def _write_report(pipe: Pipeline, pool: Pool, cfg: DeftConfig, names: list[str],
     status = {"finished": len(records), "planned": len(runs), "pending": [run.key for run in pending],
               "estimated_remaining_s": None if left is None or not pending else round(left),
               "headline_pending": len(headline),
+              "headline_arms": [a for a in (*HEADLINE_ARMS, "full") if a in cfg.experiment.arms],
               "headline_remaining_s": None if to_verdict is None else round(to_verdict)}
     payload = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M"), "config": to_dict(cfg),
                "pool_size": len(pool.samples), "test_users": evaluated, "status": status, "runs": records,

@@ -2,9 +2,11 @@
 
 For each λ of a grid and each seed: the ``dealrec`` coreset at one budget, a LoRA fine-tune on it (early stopping
 on the experiment's validation samples, as every arm), and a ranking evaluation on the validation items of the
-*other* users: never a test item, and not the items early stopping has already looked at. The λ with the best
-mean validation NDCG@K wins; ties go to the smaller λ. Scores are computed once (and shared with an experiment
-in the same directory); each (λ, seed) run is cached like an experiment's arm, so an interrupted sweep resumes.
+*other* users. The λ with the best mean validation NDCG@K wins; ties go to the smaller λ. Test items play no part
+in the choice. (The scores themselves are those of the experiment: the surrogate early-stops on every user's
+validation item, and ``influence.target: valid`` reads them too; both are the same for every λ.) Scores are
+computed once and shared with an experiment in the same directory; each (λ, seed) run is cached like an
+experiment's arm, and the report is rewritten after each, so an interrupted sweep resumes and can be read.
 """
 
 from __future__ import annotations
@@ -55,15 +57,15 @@ def tune_lambda(cfg: DeftConfig, out: str | Path, *, lambdas: tuple[float, ...] 
     ``evaluation.max_users`` caps the validation users (the first ones, in user order), as it caps test users.
     """
     lambdas = _check_lambdas(lambdas)
+    seeds = tuple(seeds) if seeds else (cfg.experiment.seeds[0],)
+    if len(set(seeds)) != len(seeds) or any(not isinstance(x, int) or x < 0 for x in seeds):
+        raise ConfigError([f"tuning seeds (--seed) must be distinct non-negative integers, got {list(seeds)}"])
     if budget is not None and not budget_ok(budget):
-        raise ConfigError([f"the tuning budget must be a positive sample count or a percentage like '2%', "
-                           f"got {budget!r}"])
+        raise ConfigError([f"the tuning budget (--budget) must be a positive sample count or a percentage like "
+                           f"'2%', got {budget!r}"])
     pipe = Pipeline(cfg, out, overwrite=overwrite, progress=progress)
     pool = pipe.pool_from_source()
-    n = len(pool.samples)
-    budget = resolve_budget(budget, n) if budget is not None else min(resolve_budget(b, n)
-                                                                      for b in cfg.experiment.budgets)
-    seeds = tuple(seeds) if seeds else (cfg.experiment.seeds[0],)
+    budget = _check_budget(cfg, budget, len(pool.samples))
     names = method_scores("dealrec")
     pipe.check_plan(pool, names, "dealrec", [])
     scores = pipe.score(pool, names)
@@ -72,19 +74,37 @@ def tune_lambda(cfg: DeftConfig, out: str | Path, *, lambdas: tuple[float, ...] 
     if users.empty:
         raise ConfigError(["no validation users are left for tuning once the early-stopping users are set aside; "
                            "lower `training.valid_samples`"])
-    runs = []
+    n_users = len(users) if cfg.evaluation.max_users is None else min(len(users), cfg.evaluation.max_users)
+    runs: list[dict[str, Any]] = []
     for lam in lambdas:
         for seed in seeds:
             runs.append(_tune_run(pipe, pool, scores, early, users, lam, budget, seed))
-    return _write_report(pipe, pool, runs, lambdas, budget, seeds, len(users), command)
+            # rewritten after every run: a sweep of hours can be read while it runs, and an interrupted one says
+            # how far it got
+            result = _write_report(pipe, pool, runs, lambdas, budget, seeds, n_users, command)
+    return result
+
+
+def _check_budget(cfg: DeftConfig, budget: int | str | None, pool_size: int) -> int:
+    """The budget as a sample count, refused before any scoring if dealrec cannot take that many samples."""
+    from deft.selection import hard_prune_count
+
+    given = budget if budget is not None else min(cfg.experiment.budgets, key=lambda b: resolve_budget(b, pool_size))
+    count = resolve_budget(given, pool_size)
+    left = pool_size - hard_prune_count(pool_size, cfg.selection.hard_prune)
+    if count > left:
+        raise ConfigError([f"the tuning budget (--budget) {given!r} is {count} samples, more than the {left} that "
+                           f"dealrec can take from this pool of {pool_size} after hard-pruning "
+                           f"{cfg.selection.hard_prune:g}"])
+    return count
 
 
 def _check_lambdas(lambdas: tuple[float, ...]) -> tuple[float, ...]:
     values = [float(x) for x in lambdas]
     if not values or any(not math.isfinite(x) or x < 0 for x in values):
-        raise ConfigError([f"λ values must be non-negative numbers, got {list(lambdas)}"])
-    if len(set(values)) != len(values):
-        raise ConfigError([f"a λ value is repeated: {list(lambdas)}"])
+        raise ConfigError([f"λ values (--lambda) must be non-negative numbers, got {list(lambdas)}"])
+    if len({_lambda_label(x) for x in values}) != len(values):
+        raise ConfigError([f"a λ value (--lambda) is repeated: {list(lambdas)}"])
     return tuple(sorted(values))
 
 
@@ -98,8 +118,13 @@ def validation_users(pipe: Pipeline, pool: Pool, early: pd.DataFrame) -> pd.Data
     return users[~users["user"].isin(set(early["user"]))].reset_index(drop=True)
 
 
+def _lambda_label(lam: float) -> str:
+    """λ as written in directory names and reports: shortest round-trip form, so distinct values never share one."""
+    return repr(float(lam))
+
+
 def _run_key(lam: float, budget: int, seed: int) -> str:
-    return f"lambda-{lam:g}-{budget}-s{seed}"
+    return f"lambda-{_lambda_label(lam)}-{budget}-s{seed}"
 
 
 def _run_fingerprint(pipe: Pipeline, pool: Pool, users: pd.DataFrame, lam: float, budget: int, seed: int) -> str:
@@ -206,11 +231,14 @@ def _write_report(pipe: Pipeline, pool: Pool, runs: list[dict[str, Any]], lambda
         f"- date: {payload['date']}",
         f"- machine: {machine.get('cpu')} ({machine.get('cores')} cores)",
         f"- dealrec at budget {budget} of {len(pool.samples)} samples, seeds {', '.join(map(str, seeds))}; "
-        f"validation items of {n_users} users (the {cfg.training.valid_samples} users early stopping uses are "
-        "left out; no test item is read)",
+        f"ranked: the validation items of {n_users} users (those of the users early stopping uses are left out; "
+        "test items play no part)",
+        *([f"- **partial: {len(runs)} of {len(lambdas) * len(seeds)} runs finished**; re-run the same command to "
+           "resume"] if len(runs) < len(lambdas) * len(seeds) else []),
         "",
-        f"**Best λ: {best:g}** by validation {metric.upper()} (mean over seeds). Use it with "
-        f"`--set selection.lambda_={best:g}` or `selection: {{lambda_: {best:g}}}` in the config.",
+        f"**Best λ{' so far' if len(runs) < len(lambdas) * len(seeds) else ''}: {best:g}** by validation "
+        f"{metric.upper()} (mean over seeds). Use it with `--set selection.lambda_={_lambda_label(best)}` or "
+        f"`selection: {{lambda_: {_lambda_label(best)}}}` in the config.",
         "",
         table,
         "",

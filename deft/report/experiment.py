@@ -142,7 +142,8 @@ def status_lines(status: dict[str, Any] | None) -> list[str]:
     eta = "" if left is None else f" About {left / 3600:.1f} h of compute left at the pace so far."
     verdict_left, headline = status.get("headline_remaining_s"), status.get("headline_pending")
     if verdict_left is not None and headline and headline < len(status["pending"]):
-        eta += (f" The headline runs (random, dealrec, full), which run first, need about {verdict_left / 3600:.1f} h "
+        names = ", ".join(status.get("headline_arms") or ("random", "dealrec", "full"))
+        eta += (f" The headline runs ({names}), which run first, need about {verdict_left / 3600:.1f} h "
                 f"of it ({headline} run{'' if headline == 1 else 's'}).")
     return [f"> **Partial results: {status['finished']} of {status['planned']} runs finished.** Every table, "
             f"plot and verdict below covers only those; re-run the same command to resume.{eta} "
@@ -312,13 +313,18 @@ def settings_lines(config: dict[str, Any]) -> list[str]:
     if not config:
         return []
     model, lora, train, sel = (config.get(k, {}) for k in ("model", "lora", "training", "selection"))
-    return [
+    lines = [
         f"- fine-tuning: {model.get('name')}, LoRA r={lora.get('r')} on {', '.join(lora.get('target_modules', []))}; "
         f"lr {train.get('lr')}, at most {train.get('epochs')} epochs, early stopping with patience "
         f"{train.get('patience')} on {train.get('valid_samples')} validation samples (the best adapter is kept)",
-        f"- selection: λ = {sel.get('lambda_')}, K = {sel.get('strata')} strata, hard prune β = "
-        f"{sel.get('hard_prune')}; λ is set in the config, not tuned on validation",
     ]
+    arms = set((config.get("experiment") or {}).get("arms", []))
+    parts = []
+    if arms & {"dealrec", "greedy"}:
+        parts.append(f"λ = {sel.get('lambda_')} as configured (`deft tune` chooses it on validation)")
+    if arms & {"dealrec", "ccs", "influence_only", "effort_only"}:
+        parts.append(f"K = {sel.get('strata')} strata, hard prune β = {sel.get('hard_prune')}")
+    return lines + ([f"- selection: {'; '.join(parts)}"] if parts else [])
 
 
 def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[Path, Path]:

@@ -29,7 +29,7 @@ def test_outputs(experiment):
         assert (experiment / name).is_file(), name
     text = (experiment / "results.md").read_text()
     assert "## Verdict" in text and "dealrec" in text and "Paired bootstrap" in text
-    assert "- selection: λ = 0.5, K = 3 strata, hard prune β = 0.1; λ is set in the config" in text
+    assert "- selection: λ = 0.5 as configured (`deft tune` chooses it on validation); K = 3 strata" in text
     assert "at most 1 epochs, early stopping with patience" in text
     # dealrec is stratified: its score distribution is drawn and linked; random and full have none
     runs = {r["arm"]: r for r in json.loads((experiment / "results.json").read_text())["runs"]}
@@ -230,7 +230,8 @@ def test_interrupted_experiment_reports_what_finished_and_resumes(tmp_path, monk
     partial = json.loads((out / "results.json").read_text())
     left = partial["status"]["estimated_remaining_s"]
     assert partial["status"] == {"finished": 2, "planned": 3, "pending": ["full-all-s0"],
-                                 "estimated_remaining_s": left, "headline_pending": 1, "headline_remaining_s": left}
+                                 "estimated_remaining_s": left, "headline_pending": 1, "headline_remaining_s": left,
+                                 "headline_arms": ["random", "dealrec", "full"]}
     assert left > 0
     assert [r["key"] for r in partial["runs"]] == calls
     assert "Partial results: 2 of 3 runs finished" in (out / "results.md").read_text()

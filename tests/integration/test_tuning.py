@@ -78,14 +78,34 @@ def test_second_run_recomputes_nothing_and_ties_go_to_the_smaller_lambda(tuned):
                                       "--lambda", "5", *FEW])
     assert result.exit_code == 0, result.output
     assert {p: p.stat().st_mtime_ns for p in out.glob("tune/*/record.json")} == records
-    rows = [{"lambda": 0.3, "ndcg@10": 0.1}, {"lambda": 1.0, "ndcg@10": 0.1}, {"lambda": 2.0, "ndcg@10": 0.05}]
+    rows = [{"lambda": 1.0, "ndcg@10": 0.1}, {"lambda": 2.0, "ndcg@10": 0.05}, {"lambda": 0.3, "ndcg@10": 0.1}]
     assert best_lambda(rows, "ndcg@10") == 0.3
+    # a setting the runs read is refused, not silently reused (the budget and λ name the runs, so they would not)
+    result = CliRunner().invoke(app, ["--quiet", "tune", str(TINY), "--out", str(out), "--lambda", "0", *FEW,
+                                      "--set", "selection.strata=2"])
+    assert result.exit_code == 1 and "tuning run lambda-0.0-6-s0" in result.output
+
+
+def test_capped_users_are_counted_as_ranked(tmp_path):
+    out = tmp_path / "t"
+    result = CliRunner().invoke(app, ["--quiet", "tune", str(TINY), "--out", str(out), "--lambda", "1", *FEW,
+                                      "--set", "evaluation.max_users=2", "--budget", "50%"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads((out / "tune.json").read_text())
+    assert payload["validation_users"] == 2 == len(pd.read_parquet(out / payload["runs"][0]["per_user"]))
+    assert "the validation items of 2 users" in (out / "tune.md").read_text()
+    assert payload["budget"] == round(0.5 * payload["pool_size"] + 1e-9)
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--lambda", "1", "--lambda", "1"], "repeated"),
-    (["--budget", "abc"], "tuning budget"),
+    (["--lambda", "1", "--lambda", "1.0"], "(--lambda) is repeated"),
+    (["--seed", "1", "--seed", "1"], "(--seed) must be distinct"),
+    (["--budget", "abc"], "tuning budget (--budget)"),
+    (["--budget", "100%"], "dealrec can take from this pool"),
 ])
-def test_bad_sweeps_are_refused_up_front(tmp_path, args, message):
-    result = CliRunner().invoke(app, ["--quiet", "tune", str(TINY), "--out", str(tmp_path / "t"), *args])
+def test_bad_sweeps_are_refused_before_any_scoring(tmp_path, args, message):
+    out = tmp_path / "t"
+    result = CliRunner().invoke(app, ["--quiet", "tune", str(TINY), "--out", str(out), *args])
     assert result.exit_code == 1 and message in result.output
+    # at most the pool was built (to size a percentage budget): no surrogate, no scores
+    assert {p.stem for p in out.glob("stages/*.json")} <= {"samples"}
