@@ -446,12 +446,6 @@ def evaluation_fingerprint(loaded: LoadedModel, adapter_dir: str | Path | None, 
                                  "evaluation"))
 
 
-def saved_evaluation_fingerprint(out_dir: str | Path) -> str | None:
-    """The fingerprint of the evaluation saved in ``out_dir`` (None if there is none)."""
-    path = Path(out_dir) / "metrics.json"
-    return read_json(path).get("fingerprint") if path.is_file() else None
-
-
 def _cached(out_dir: Path, fp: str, overwrite: bool) -> EvalResult | None:
     """The saved evaluation for this fingerprint; another fingerprint's is an error unless ``overwrite``."""
     metrics_path, per_user_path = out_dir / "metrics.json", out_dir / "per_user.parquet"

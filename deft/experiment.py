@@ -16,7 +16,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from deft.artifacts import fingerprint, measure, read_json, read_parquet, with_code, write_json, write_parquet
+from deft.artifacts import (
+    fingerprint,
+    frame_fingerprint,
+    measure,
+    read_json,
+    read_parquet,
+    with_code,
+    write_json,
+    write_parquet,
+)
 from deft.config import DeftConfig, headline_k, resolve_budget, to_dict
 from deft.errors import ArtifactMismatchError, ConfigError
 from deft.pipeline import SCORE_STAGE, Pipeline, Pool, method_scores, method_stages
@@ -200,12 +209,12 @@ def _cached_record(pipe: Pipeline, pool: Pool, run: ArmRun, users: pd.DataFrame)
 
             # records written before the kept epoch was recorded: read it back from the training log
             record["train"]["best_epoch"] = finished_best_epoch(train_dir)
-        stale = _stale_evaluation(pipe, pool, run, users)
+        stale = _stale_evaluation(pipe, run, record, users)
         if stale is None:
             return record
         if not pipe.run.overwrite:
-            raise ArtifactMismatchError(f"arm {run.key} in {pipe.run.root} was evaluated on other test prompts, titles "
-                                        f"or evaluation code ({stale}); use --overwrite to evaluate it again (its "
+            raise ArtifactMismatchError(f"arm {run.key} in {pipe.run.root} was evaluated on other test prompts "
+                                        f"({stale}); use --overwrite to evaluate it again (its "
                                         "training is kept) or choose another --out", file=record_path)
         return None
     if not pipe.run.overwrite:
@@ -215,17 +224,22 @@ def _cached_record(pipe: Pipeline, pool: Pool, run: ArmRun, users: pd.DataFrame)
     return None
 
 
-def _stale_evaluation(pipe: Pipeline, pool: Pool, run: ArmRun, users: pd.DataFrame) -> str | None:
-    """Why the run's saved evaluation is not the one these inputs give, or None if it is. The run's fingerprint
-    holds settings, not the test prompts built from the data (a prompt-building change would slip past it)."""
-    from deft.evaluation import evaluation_fingerprint, saved_evaluation_fingerprint
+def _eval_users_fingerprint(pipe: Pipeline, users: pd.DataFrame) -> str:
+    """The test prompts and targets a run is evaluated on (after ``evaluation.max_users``)."""
+    from deft.evaluation import USER_COLUMNS
 
-    arm_dir = pipe.run.path("arms", run.key)
-    eval_cfg = pipe.cfg.evaluation
-    capped = users if eval_cfg.max_users is None else users.iloc[: eval_cfg.max_users]
-    saved = saved_evaluation_fingerprint(arm_dir / "eval")
-    now = evaluation_fingerprint(pipe.llm(), arm_dir / "train" / "adapter", capped, pool.titles, eval_cfg)
-    return None if saved == now else f"evaluation fingerprint {saved}, these inputs give {now}"
+    max_users = pipe.cfg.evaluation.max_users
+    capped = users if max_users is None else users.iloc[:max_users]
+    return frame_fingerprint(capped[list(USER_COLUMNS)])
+
+
+def _stale_evaluation(pipe: Pipeline, run: ArmRun, record: dict[str, Any], users: pd.DataFrame) -> str | None:
+    """Why the run was evaluated on other test prompts than these inputs build, or None. The run's fingerprint
+    holds settings, not the prompts built from them, so a change in how prompts are built would slip past it.
+    Records from before the prompts' fingerprint was recorded cannot tell, and are taken as they are."""
+    saved = record["eval"].get("users_fingerprint")
+    now = _eval_users_fingerprint(pipe, users)
+    return None if saved is None or saved == now else f"test prompts fingerprint {saved}, these inputs give {now}"
 
 
 def _run_arm(pipe: Pipeline, pool: Pool, scores: pd.DataFrame, valid: pd.DataFrame, users: pd.DataFrame,
@@ -263,7 +277,8 @@ def _run_arm(pipe: Pipeline, pool: Pool, scores: pd.DataFrame, valid: pd.DataFra
                         "peak_mb": train_cost.peak_mb},
               "selection": {"wall_s": select_cost.wall_s, "peak_mb": select_cost.peak_mb,
                             **_selection_facts(selection, coreset)},
-              "eval": {"wall_s": evaluated.wall_s, "s_per_user": evaluated.s_per_user, "peak_mb": eval_cost.peak_mb},
+              "eval": {"wall_s": evaluated.wall_s, "s_per_user": evaluated.s_per_user, "peak_mb": eval_cost.peak_mb,
+                       "users_fingerprint": _eval_users_fingerprint(pipe, users)},
               "per_user": str((arm_dir / "eval" / "per_user.parquet").relative_to(pipe.run.root)),
               "score_plot": None if score_plot is None else str(score_plot.relative_to(pipe.run.root))}
     write_json(record_path, record)

@@ -281,13 +281,31 @@ def test_a_training_code_bump_with_overwrite_really_retrains(experiment, tmp_pat
 def test_an_arm_evaluated_on_other_prompts_is_refused_and_reevaluated_with_overwrite(experiment, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(experiment, copy)
-    metrics_path = copy / "arms" / "random-6-s0" / "eval" / "metrics.json"
-    saved = json.loads(metrics_path.read_text())  # as if the test prompts had been built differently back then
-    metrics_path.write_text(json.dumps({**saved, "fingerprint": "0" * 16}))
-    trained = (copy / "arms" / "random-6-s0" / "train" / "train_result.json").read_bytes()
+    arm = copy / "arms" / "random-6-s0"
+    record = json.loads((arm / "record.json").read_text())
+    evaluated = json.loads((arm / "eval" / "metrics.json").read_text())
+    # as if the test prompts had been built differently back then: both the record and the evaluation say so
+    (arm / "record.json").write_text(json.dumps({**record, "eval": {**record["eval"], "users_fingerprint": "0"}}))
+    (arm / "eval" / "metrics.json").write_text(json.dumps({**evaluated, "fingerprint": "0" * 16}))
+    trained = (arm / "train" / "train_result.json").read_bytes()
     result = CliRunner().invoke(app, ["--quiet", "bench", "tiny", "--out", str(copy)])
     assert result.exit_code == 1 and "arm random-6-s0" in result.output and "other test prompts" in result.output
     result = CliRunner().invoke(app, ["--quiet", "bench", "tiny", "--out", str(copy), "--overwrite"])
     assert result.exit_code == 0, result.output
-    assert json.loads(metrics_path.read_text())["fingerprint"] == saved["fingerprint"]  # evaluated again
-    assert (copy / "arms" / "random-6-s0" / "train" / "train_result.json").read_bytes() == trained  # kept
+    assert json.loads((arm / "eval" / "metrics.json").read_text())["fingerprint"] == evaluated["fingerprint"]
+    assert json.loads((arm / "record.json").read_text())["eval"]["users_fingerprint"] == \
+        record["eval"]["users_fingerprint"]
+    assert (arm / "train" / "train_result.json").read_bytes() == trained  # training kept
+
+
+def test_records_from_before_the_prompts_fingerprint_are_taken_as_they_are(experiment, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(experiment, copy)
+    for path in copy.glob("arms/*/record.json"):
+        record = json.loads(path.read_text())
+        record["eval"].pop("users_fingerprint")
+        path.write_text(json.dumps(record))
+    records = {p: p.read_bytes() for p in copy.glob("arms/*/record.json")}
+    result = CliRunner().invoke(app, ["--quiet", "bench", "tiny", "--out", str(copy)])
+    assert result.exit_code == 0, result.output
+    assert {p: p.read_bytes() for p in copy.glob("arms/*/record.json")} == records
