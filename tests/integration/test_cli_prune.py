@@ -75,14 +75,12 @@ def test_manifest_counts_add_up(pruned):
 
 
 def test_second_run_reuses_every_stage(pruned):
-    out, first_s, _ = pruned
+    out, _, _ = pruned
     before = {p.name: p.stat().st_mtime_ns for p in (out / "stages").iterdir()}
-    start = time.perf_counter()
     result = _prune(out)
-    second_s = time.perf_counter() - start
     assert result.exit_code == 0, result.output
+    # every stage record untouched: nothing was recomputed (a wall-time comparison would be flaky on a busy machine)
     assert {p.name: p.stat().st_mtime_ns for p in (out / "stages").iterdir()} == before
-    assert second_s < first_s
 
 
 def test_changed_argument_without_overwrite_fails_untouched(pruned):
