@@ -199,6 +199,16 @@ def best_lambda(rows: list[dict[str, Any]], metric: str) -> float:
     return max(rows, key=lambda r: (r[metric], -r["lambda"]))["lambda"]
 
 
+def choice_sentence(rows: list[dict[str, Any]], metric: str, best: float, partial: bool) -> str:
+    """The report's answer; no answer when no λ ranked a single validation item within the cut-off."""
+    if all(r[metric] == 0 for r in rows):
+        return (f"**No choice:** no run ranked any validation item within the top {metric.split('@')[1]}, so "
+                "these runs cannot tell the λ values apart (more users, a larger budget or longer training would).")
+    return (f"**Best λ{' so far' if partial else ''}: {best:g}** by validation {metric.upper()} (mean over seeds). "
+            f"Use it with `--set selection.lambda_={_lambda_label(best)}` or "
+            f"`selection: {{lambda_: {_lambda_label(best)}}}` in the config.")
+
+
 def _write_report(pipe: Pipeline, pool: Pool, runs: list[dict[str, Any]], lambdas: tuple[float, ...], budget: int,
                   seeds: tuple[int, ...], n_users: int, command: str) -> TuneResult:
     from deft.report.common import markdown_table
@@ -236,9 +246,7 @@ def _write_report(pipe: Pipeline, pool: Pool, runs: list[dict[str, Any]], lambda
         *([f"- **partial: {len(runs)} of {len(lambdas) * len(seeds)} runs finished**; re-run the same command to "
            "resume"] if len(runs) < len(lambdas) * len(seeds) else []),
         "",
-        f"**Best λ{' so far' if len(runs) < len(lambdas) * len(seeds) else ''}: {best:g}** by validation "
-        f"{metric.upper()} (mean over seeds). Use it with `--set selection.lambda_={_lambda_label(best)}` or "
-        f"`selection: {{lambda_: {_lambda_label(best)}}}` in the config.",
+        choice_sentence(rows, metric, best, partial=len(runs) < len(lambdas) * len(seeds)),
         "",
         table,
         "",

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from deft.config import load_config
 from deft.pipeline import Pipeline
-from deft.tuning import best_lambda, validation_users
+from deft.tuning import best_lambda, choice_sentence, validation_users
 from deft_cli.main import app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,3 +109,10 @@ def test_bad_sweeps_are_refused_before_any_scoring(tmp_path, args, message):
     assert result.exit_code == 1 and message in result.output
     # at most the pool was built (to size a percentage budget): no surrogate, no scores
     assert {p.stem for p in out.glob("stages/*.json")} <= {"samples"}
+
+
+def test_no_choice_when_no_lambda_ranked_anything():
+    rows = [{"lambda": 0.3, "ndcg@10": 0.0}, {"lambda": 1.0, "ndcg@10": 0.0}]
+    assert choice_sentence(rows, "ndcg@10", 0.3, partial=False).startswith("**No choice:**")
+    rows[1]["ndcg@10"] = 0.01
+    assert "**Best λ so far: 1**" in choice_sentence(rows, "ndcg@10", 1.0, partial=True)
