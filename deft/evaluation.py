@@ -433,10 +433,9 @@ def check_adapter(adapter_dir: str | Path | None) -> None:
 
 
 def evaluation_fingerprint(loaded: LoadedModel, adapter_dir: str | Path | None, users: pd.DataFrame,
-                           titles: Mapping[Hashable, str], eval_cfg: EvaluationConfig) -> str:
+                           titles: Mapping[Hashable, str], eval_cfg: EvaluationConfig, max_new: int) -> str:
     """What an evaluation's result depends on: model, adapter files, the (already capped) users' prompts and
     targets, titles, result settings, generation length, precision and the evaluation code's version."""
-    max_new = eval_cfg.max_new_tokens or default_max_new_tokens(loaded.tokenizer, titles)
     return fingerprint(with_code({"model": loaded.fingerprint, "adapter": _adapter_fingerprint(adapter_dir),
                                   "users": frame_fingerprint(users[list(USER_COLUMNS)]),
                                   "titles": fingerprint(sorted([str(k), v] for k, v in titles.items())),
@@ -478,7 +477,7 @@ def evaluate(loaded: LoadedModel, adapter_dir: str | Path | None, users: pd.Data
     if eval_cfg.max_users is not None:
         users = users.iloc[: eval_cfg.max_users]
     max_new = eval_cfg.max_new_tokens or default_max_new_tokens(loaded.tokenizer, titles)
-    fp = evaluation_fingerprint(loaded, adapter_dir, users, titles, eval_cfg)
+    fp = evaluation_fingerprint(loaded, adapter_dir, users, titles, eval_cfg, max_new)
     cached = _cached(out_dir, fp, overwrite)
     if cached is not None:
         return cached

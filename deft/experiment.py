@@ -127,7 +127,8 @@ def run_experiment(cfg: DeftConfig, out: str | Path, *, overwrite: bool = False,
     references = _references(pipe, pool)
     # Every cached run is read (and its settings checked) before anything is computed: a mismatch fails now,
     # not hours in, and the reports written below include runs cached from an earlier order.
-    finished = {run.key: record for run in runs if (record := _cached_record(pipe, pool, run, users)) is not None}
+    users_fp = _eval_users_fingerprint(pipe, users)  # once: every cached run is checked against it
+    finished = {run.key: record for run in runs if (record := _cached_record(pipe, pool, run, users_fp)) is not None}
     todo = [run for run in runs if run.key not in finished]
     for run in runs:
         if run.key in finished:
@@ -192,7 +193,7 @@ def _valid_and_test(pipe: Pipeline, pool: Pool) -> tuple[pd.DataFrame, pd.DataFr
     return valid, users
 
 
-def _cached_record(pipe: Pipeline, pool: Pool, run: ArmRun, users: pd.DataFrame) -> dict[str, Any] | None:
+def _cached_record(pipe: Pipeline, pool: Pool, run: ArmRun, users_fp: str) -> dict[str, Any] | None:
     """The run's finished record if it was made with these settings and evaluated on these test prompts; a
     record from other settings is an error unless ``--overwrite`` (then it is recomputed)."""
     record_path = pipe.run.path("arms", run.key) / "record.json"
@@ -209,7 +210,7 @@ def _cached_record(pipe: Pipeline, pool: Pool, run: ArmRun, users: pd.DataFrame)
 
             # records written before the kept epoch was recorded: read it back from the training log
             record["train"]["best_epoch"] = finished_best_epoch(train_dir)
-        stale = _stale_evaluation(pipe, run, record, users)
+        stale = _stale_evaluation(record, users_fp)
         if stale is None:
             return record
         if not pipe.run.overwrite:
@@ -233,13 +234,12 @@ def _eval_users_fingerprint(pipe: Pipeline, users: pd.DataFrame) -> str:
     return frame_fingerprint(capped[list(USER_COLUMNS)])
 
 
-def _stale_evaluation(pipe: Pipeline, run: ArmRun, record: dict[str, Any], users: pd.DataFrame) -> str | None:
+def _stale_evaluation(record: dict[str, Any], users_fp: str) -> str | None:
     """Why the run was evaluated on other test prompts than these inputs build, or None. The run's fingerprint
     holds settings, not the prompts built from them, so a change in how prompts are built would slip past it.
     Records from before the prompts' fingerprint was recorded cannot tell, and are taken as they are."""
     saved = record["eval"].get("users_fingerprint")
-    now = _eval_users_fingerprint(pipe, users)
-    return None if saved is None or saved == now else f"test prompts fingerprint {saved}, these inputs give {now}"
+    return None if saved is None or saved == users_fp else f"test prompts fingerprint {saved}, these inputs give {users_fp}"
 
 
 def _run_arm(pipe: Pipeline, pool: Pool, scores: pd.DataFrame, valid: pd.DataFrame, users: pd.DataFrame,

@@ -314,7 +314,8 @@ class Pipeline:
         resolved = [resolve_budget(b, n) for b in (budgets or c.budgets)]
         columns = {k: scores[k].to_numpy(np.float64) for k in scores.columns if k != "sample_id"}
         embeddings = self.sample_embeddings(pool) if method == "kcenter" else None
-        return {b: sel.select(method, columns, b, strata=c.strata, hard_prune=c.hard_prune, lambda_=c.lambda_ if lambda_ is None else lambda_,
+        lambda_ = c.lambda_ if lambda_ is None else lambda_
+        return {b: sel.select(method, columns, b, strata=c.strata, hard_prune=c.hard_prune, lambda_=lambda_,
                               normalization=c.normalization, seed=c.seed if seed is None else seed,
                               embeddings=embeddings, ccs_score=c.ccs_score, pool_size=n)
                 for b in resolved}

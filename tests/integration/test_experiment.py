@@ -172,13 +172,13 @@ def test_records_with_the_older_wider_fingerprint_are_kept(experiment, tmp_path,
     narrow = {p: json.loads(p.read_text())["fingerprint"] for p in copy.glob("arms/*/record.json")}
     real_cached_record = experiment_module._cached_record
 
-    def as_written_by_0_1_0(pipe, pool, run, users):
+    def as_written_by_0_1_0(pipe, pool, run, users_fp):
         path = copy / "arms" / run.key / "record.json"
         record = json.loads(path.read_text())
         record["fingerprint"] = experiment_module._wide_arm_fingerprint(pipe, pool, run)
         assert record["fingerprint"] != narrow[path]
         path.write_text(json.dumps(record))
-        return real_cached_record(pipe, pool, run, users)
+        return real_cached_record(pipe, pool, run, users_fp)
 
     computed = []
     monkeypatch.setattr(experiment_module, "_cached_record", as_written_by_0_1_0)
