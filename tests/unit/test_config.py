@@ -88,3 +88,10 @@ def test_input_formats_that_would_fail_while_rendering_are_refused(text):
 
 def test_input_format_with_literal_braces_is_fine():
     assert from_dict({"prompt": {"input_format": "{{json}} {history}"}}).prompt.input_format == "{{json}} {history}"
+
+
+@pytest.mark.parametrize("section, key", [("influence", "strict"), ("surrogate", "exclude_history")])
+def test_switches_must_be_booleans(section, key):
+    with pytest.raises(ConfigError) as info:
+        from_dict({section: {key: "no"}})  # YAML's quoted "no" is a string, not false
+    assert f"`{section}.{key}` must be true or false, got 'no'" in str(info.value)
