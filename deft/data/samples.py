@@ -16,13 +16,15 @@ Construction (``SamplesConfig.construction``):
 Token budget (only when a tokenizer is given and ``PromptConfig.max_tokens`` is set): titles longer than
 ``max_title_tokens`` tokens are cut to that many tokens (also the output), then the oldest history items are
 dropped until tokens(prompt) + tokens(output) + 1 (EOS) <= max_tokens, counted exactly as training encodes the
-pair. The ``history`` column lists only the items kept, so the surrogate scores the pair the LLM sees.
+pair. The ``history`` column lists only the items kept, so the surrogate scores the pair the LLM sees. A sample left
+with fewer than ``min_history`` items is kept and counted in a warning.
 
 Rows are ordered by user (natural order: numeric ids numerically) and then by position.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import numpy as np
@@ -33,6 +35,8 @@ from deft.data.loaders import natural_key
 from deft.data.prompts import Template, fit_histories, template_for, token_lengths, truncate_titles
 from deft.data.types import SAMPLE_COLUMNS, Split
 from deft.errors import DataFormatError
+
+log = logging.getLogger(__name__)
 
 EVAL_COLUMNS = ("user", "history", "targets", "instruction", "input")
 
@@ -49,7 +53,8 @@ def build_samples(split: Split, titles: Mapping[str, str], samples_cfg: SamplesC
             positions.append(p)
             histories.append(seq[start:p])
             targets.append(seq[p])
-    return _sample_frame(users, positions, histories, targets, titles, prompt_cfg, tokenizer)
+    return _sample_frame(users, positions, histories, targets, titles, prompt_cfg, tokenizer,
+                         samples_cfg.min_history)
 
 
 def _target_positions(n: int, cfg: SamplesConfig) -> range:
@@ -75,7 +80,8 @@ def valid_samples(split: Split, titles: Mapping[str, str], samples_cfg: SamplesC
         positions.append(len(train))
         histories.append(train[start:])
         targets.append(split.valid[user][0])
-    return _sample_frame(users, positions, histories, targets, titles, prompt_cfg, tokenizer)
+    return _sample_frame(users, positions, histories, targets, titles, prompt_cfg, tokenizer,
+                         samples_cfg.min_history)
 
 
 def build_eval_users(split: Split, titles: Mapping[str, str], prompt_cfg: PromptConfig, samples_cfg: SamplesConfig,
@@ -115,8 +121,12 @@ def build_eval_users(split: Split, titles: Mapping[str, str], prompt_cfg: Prompt
 
 
 def _sample_frame(users: list[str], positions: list[int], histories: list[list[str]], targets: list[str],
-                  titles: Mapping[str, str], prompt_cfg: PromptConfig, tokenizer) -> pd.DataFrame:
-    """Render rows into SAMPLE_COLUMNS, trimming histories to the token budget when a tokenizer is given."""
+                  titles: Mapping[str, str], prompt_cfg: PromptConfig, tokenizer,
+                  min_history: int) -> pd.DataFrame:
+    """Render rows into SAMPLE_COLUMNS, trimming histories to the token budget when a tokenizer is given.
+
+    A sample the budget leaves with fewer than ``min_history`` items is kept (dropping it would change the pool
+    silently) and counted in a warning, so that a too-small ``max_tokens`` is seen."""
     template = template_for(prompt_cfg)
     tokenizer = tokenizer if prompt_cfg.max_tokens is not None else None  # no budget: nothing to count
     text = _display_titles(titles, [i for h in histories for i in h] + targets, prompt_cfg, tokenizer)
@@ -125,7 +135,9 @@ def _sample_frame(users: list[str], positions: list[int], histories: list[list[s
         unique = list(dict.fromkeys(outputs))
         size = dict(zip(unique, token_lengths(tokenizer, unique).tolist(), strict=True))
         reserve = np.array([size[o] + 1 for o in outputs], dtype=np.int64)  # + EOS, as encode_pair appends it
-        histories = _trim(histories, text, reserve, template, prompt_cfg.max_tokens, tokenizer)
+        trimmed = _trim(histories, text, reserve, template, prompt_cfg.max_tokens, tokenizer)
+        _warn_short(users, positions, histories, trimmed, min_history, prompt_cfg.max_tokens)
+        histories = trimmed
     return pd.DataFrame({
         "sample_id": [f"{u}:{p}" for u, p in zip(users, positions, strict=True)],
         "user": users,
@@ -135,6 +147,16 @@ def _sample_frame(users: list[str], positions: list[int], histories: list[list[s
         "input": [template.render_input([text[i] for i in h]) for h in histories],
         "output": outputs,
     }, columns=list(SAMPLE_COLUMNS))
+
+
+def _warn_short(users: list[str], positions: list[int], before: list[list[str]], after: list[list[str]],
+                min_history: int, max_tokens: int) -> None:
+    short = [f"{u}:{p}" for u, p, b, a in zip(users, positions, before, after, strict=True)
+             if len(a) < min_history <= len(b)]
+    if short:
+        log.warning("%d sample(s) keep fewer than min_history=%d history items after trimming to "
+                    "max_tokens=%d (kept; raise max_tokens or lower max_title_tokens): %s%s", len(short),
+                    min_history, max_tokens, ", ".join(short[:5]), ", ..." if len(short) > 5 else "")
 
 
 def _display_titles(titles: Mapping[str, str], items: list[str], prompt_cfg: PromptConfig,

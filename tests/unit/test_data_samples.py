@@ -174,6 +174,22 @@ def test_trimming_drops_oldest_items_to_fit(data, tokenizer, budget: int, kept: 
     assert row["input"] == "Seen: " + " | ".join(titles[i] for i in kept)
 
 
+def test_samples_trimmed_below_min_history_are_kept_and_counted(data, tokenizer, caplog) -> None:
+    split, titles = data
+    prompt = PromptConfig(instruction="Recommend.", input_format="Seen: {history}", separator=" | ", max_tokens=20)
+    with caplog.at_level("WARNING", logger="deft.data.samples"):
+        frame = build_samples(split, titles, SamplesConfig(min_history=2), prompt, tokenizer=tokenizer)
+    short = frame[frame["history"].map(len) < 2]
+    assert len(short) > 0 and len(frame) == len(build_samples(split, titles, SamplesConfig(min_history=2), SHORT))
+    warning = [r.getMessage() for r in caplog.records if "min_history=2" in r.getMessage()]
+    assert len(warning) == 1 and warning[0].startswith(f"{len(short)} sample(s) keep fewer than min_history=2")
+    assert short["sample_id"].iloc[0] in warning[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="deft.data.samples"):
+        build_samples(split, titles, SamplesConfig(min_history=2), PromptConfig(max_tokens=400), tokenizer=tokenizer)
+    assert not [r for r in caplog.records if "min_history" in r.getMessage()]
+
+
 def test_trimmed_samples_fit_and_are_maximal(data, tokenizer) -> None:
     split, titles = data
     prompt = PromptConfig(max_tokens=60)
