@@ -79,6 +79,18 @@ class LoadedModel:
         """The dtype the weights are held in (not in ``fingerprint``: caches of numerics add it themselves)."""
         return next(self.model.parameters()).dtype
 
+    def numerics_key(self) -> dict[str, Any]:
+        """The precision part of a cache key for what this model computes (trained adapters, effort scores).
+
+        Empty for fp32 weights without autocast: those keys predate this part, and fp32 is what every cache
+        had been written with on the machines without fast bf16, so they stay valid. Other precisions are keyed,
+        so switching ``model.dtype`` or ``model.autocast`` is never served an adapter or scores made under the
+        other one.
+        """
+        if self.weights_dtype == torch.float32 and self.autocast_dtype is None:
+            return {}
+        return {"precision": [str(self.weights_dtype), str(self.autocast_dtype)]}
+
 
 def autocast(loaded: LoadedModel) -> AbstractContextManager:
     """``torch.autocast(device_type, dtype)`` for ``loaded``, or ``nullcontext()`` when autocast is off."""

@@ -133,8 +133,9 @@ class Pipeline:
         pool's samples do depend on the pool."""
         c = self.cfg
         if stage == "effort":
-            return fingerprint(with_code({"pool": pool.fingerprint, "model": self.llm().fingerprint,
-                                          "lora": to_dict(c.lora), "effort": to_dict(c.effort)}, stage))
+            llm = self.llm()
+            return fingerprint(with_code({"pool": pool.fingerprint, "model": llm.fingerprint, "lora": to_dict(c.lora),
+                                          "effort": to_dict(c.effort), **llm.numerics_key()}, stage))
         from deft.surrogate.trainer import FIT, surrogate_fingerprint
 
         if stage == "baselines":  # GraNd and EL2N train their own early surrogates, with the same fit

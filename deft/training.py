@@ -232,7 +232,8 @@ def training_fingerprint(loaded: LoadedModel, train: pd.DataFrame, valid: pd.Dat
                          lora_cfg: LoraConfig, train_cfg: TrainingConfig) -> str:
     return fingerprint(with_code({"model": loaded.fingerprint, "train": frame_fingerprint(train[list(FRAME_COLUMNS)]),
                                   "valid": None if valid is None else frame_fingerprint(valid[list(FRAME_COLUMNS)]),
-                                  "lora": to_dict(lora_cfg), "training": train_cfg.result_settings()}, "training"))
+                                  "lora": to_dict(lora_cfg), "training": train_cfg.result_settings(),
+                                  **loaded.numerics_key()}, "training"))
 
 
 def _result_from_json(out_dir: Path, saved: dict[str, Any]) -> TrainResult:

@@ -309,3 +309,17 @@ def test_records_from_before_the_prompts_fingerprint_are_taken_as_they_are(exper
     result = CliRunner().invoke(app, ["--quiet", "bench", "tiny", "--out", str(copy)])
     assert result.exit_code == 0, result.output
     assert {p: p.read_bytes() for p in copy.glob("arms/*/record.json")} == records
+
+
+def test_effort_scores_are_keyed_by_precision(tmp_path):
+    """A cached effort stage is not served to a run with other numerics (fp32 keys carry none: they predate it)."""
+    from deft.config import load_config
+    from deft.pipeline import Pipeline
+
+    fps = {}
+    for autocast in ("off", "bf16"):
+        pipe = Pipeline(load_config(ROOT / "configs" / "bench" / "tiny.yaml", {"model.autocast": autocast}),
+                        tmp_path / autocast)
+        fps[autocast] = pipe.stage_fp("effort", pipe.pool_from_source())
+        assert (pipe.llm().numerics_key() == {}) == (autocast == "off")
+    assert fps["off"] != fps["bf16"]

@@ -183,3 +183,16 @@ def test_best_epoch_from_log_takes_the_first_lowest_validation_loss(tmp_path):
     (tmp_path / "none.json").write_text(json.dumps(log[:1]))
     assert training.best_epoch_from_log(tmp_path / "none.json", 8) is None
     assert training.best_epoch_from_log(tmp_path / "missing.json", 8) is None
+
+
+def test_a_change_of_precision_is_a_new_training(tiny):
+    """fp32 keys carry no precision (they predate it); bf16 weights or autocast make another key."""
+    from deft.models import LoadedModel
+
+    train, lora = _frame(), LoraConfig()
+    amp = LoadedModel(tiny.model, tiny.tokenizer, tiny.device, torch.bfloat16, tiny.name, tiny.fingerprint)
+    assert tiny.autocast_dtype is None and tiny.numerics_key() == {}
+    assert amp.numerics_key() == {"precision": ["torch.float32", "torch.bfloat16"]}
+    fp32 = training.training_fingerprint(tiny, train, None, lora, _cfg())
+    assert fp32 == training.training_fingerprint(tiny, train.copy(), None, lora, _cfg())
+    assert fp32 != training.training_fingerprint(amp, train, None, lora, _cfg())
