@@ -293,6 +293,16 @@ class RunDir:
     def __init__(self, root: str | Path, *, overwrite: bool = False) -> None:
         self.root = Path(root)
         self.overwrite = overwrite
+        self._refuse_foreign()
+
+    def _refuse_foreign(self) -> None:
+        """A non-empty directory that holds no DEFT run is someone else's: its files could share our names."""
+        root = self.root
+        if self.overwrite or not root.is_dir() or (root / "stages").is_dir() or (root / "manifest.json").is_file():
+            return
+        if any(root.iterdir()):
+            raise OutputExistsError(f"{root} is not empty and holds no DEFT run (no stages/ or manifest.json); "
+                                    "choose another --out, or use --overwrite to write into it", file=root)
 
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
@@ -349,6 +359,17 @@ class RunDir:
         path = Path(path)
         if path.exists() and not self.overwrite:
             raise OutputExistsError(f"{path} exists; use --overwrite to replace it", file=path)
+
+    def owns(self, name: str, path: str | Path) -> bool:
+        """True if ``path`` holds what finished stage ``name`` wrote (the SHA-256 it recorded still matches).
+
+        Stages record ``sha256`` for outputs whose names several stages can share (a prune's ``coreset.jsonl``
+        for one budget and then another); a stage recorded before that is taken at its word.
+        """
+        path, meta = Path(path), self.stage_meta(name) or {}
+        if not path.is_file() or not meta.get("done"):
+            return False
+        return "sha256" not in meta or meta["sha256"] == file_sha256(path)
 
     def write_manifest(self, **fields: Any) -> dict[str, Any]:
         """Merge fields into OUT/manifest.json, adding versions, machine and stage costs."""

@@ -18,6 +18,7 @@ import pandas as pd
 from deft import selection as sel
 from deft.artifacts import (
     RunDir,
+    file_sha256,
     fingerprint,
     frame_fingerprint,
     read_parquet,
@@ -521,10 +522,14 @@ def run_prune(cfg: DeftConfig, out: str | Path, *, overwrite: bool = False, prog
     for budget, selection in selections.items():
         path = coreset_path(pipe.run, budget, len(selections))
         fp = pipe.selection_fp(pool, names, method, budget)
-        # the file name depends on how many budgets the sweep has, so a finished stage may lack this one
-        if not pipe.run.is_done(f"selection-{budget}", fp) or not path.is_file():
-            with pipe.run.stage(f"selection-{budget}", fp):
+        stage = f"selection-{budget}"
+        # The file name depends on how many budgets the sweep has, so a finished stage may lack this file, and a
+        # run with another single budget writes the same coreset.jsonl: its recorded hash tells whose it is.
+        if not (pipe.run.is_done(stage, fp) and pipe.run.owns(stage, path)):
+            pipe.run.guard_output(path)
+            with pipe.run.stage(stage, fp) as cost:
                 write_jsonl(path, coreset_records(pool.samples, selection))
+                cost.extra["sha256"] = file_sha256(path)
         coresets[budget] = path
     valid = write_validation(pipe, pool)
     from deft.report import write_prune_report

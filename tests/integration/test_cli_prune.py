@@ -209,6 +209,39 @@ def test_a_random_coreset_follows_its_pool_and_survives_a_new_budget(tmp_path):
     assert all(row["input"] == pool.loc[row["sample_id"], "input"] for row in rows)
 
 
+def test_another_single_budget_does_not_replace_the_coreset_silently(tmp_path):
+    out = tmp_path / "run"
+
+    def prune(budget: str, *extra: str):
+        return CliRunner().invoke(app, ["--quiet", "prune", TINY, "--config", CONFIG, "--out", str(out),
+                                        "--method", "random", "--budget", budget, *extra])
+
+    def rows() -> int:
+        return len((out / "coreset.jsonl").read_text().splitlines())
+
+    assert prune("6").exit_code == 0 and rows() == 6
+    refused = prune("4")
+    assert refused.exit_code != 0 and "coreset.jsonl exists; use --overwrite" in refused.output and rows() == 6
+    assert prune("4", "--overwrite").exit_code == 0 and rows() == 4
+    # budget 6's stage is finished, but the file it wrote is gone: refused, not reported as a 6-sample coreset
+    refused = prune("6")
+    assert refused.exit_code != 0 and "coreset.jsonl exists" in refused.output and rows() == 4
+    result = prune("6", "--overwrite")
+    assert result.exit_code == 0 and rows() == 6 and "coreset (6 samples)" in result.output
+    assert prune("6").exit_code == 0 and rows() == 6  # its own file again: reused as it is
+
+
+def test_a_directory_of_other_files_is_not_written_into(tmp_path):
+    out = tmp_path / "theirs"
+    out.mkdir()
+    (out / "report.md").write_text("someone's notes")
+    args = ["--quiet", "prune", TINY, "--config", CONFIG, "--out", str(out), "--method", "random", "--budget", "6"]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code != 0 and "holds no DEFT run" in refused.output
+    assert sorted(p.name for p in out.iterdir()) == ["report.md"]
+    assert CliRunner().invoke(app, [*args, "--overwrite"]).exit_code == 0 and (out / "coreset.jsonl").is_file()
+
+
 def test_new_prompt_texts_rescore_without_retraining_the_surrogate(pruned, tmp_path):
     import shutil
 
