@@ -317,7 +317,13 @@ def _csv_table(path: Path, wanted: Sequence[str], optional: Sequence[str]) -> Ta
     header = read_header(path, sep=",")
     Table(pd.DataFrame(columns=header), path, "line").missing_columns(wanted, optional)
     keep = set(wanted) | set(optional)
-    return read_text_table(path, sep=",", header=True, usecols=lambda c: str(c).strip() in keep, quoted=True)
+    # Every column is parsed, the header line as a row: only then does pandas check each row's field count
+    # (with usecols, or a header shorter than the first row, it drops or shifts the extra fields silently).
+    table = read_text_table(path, sep=",", header=False, quoted=True)
+    frame = table.frame
+    frame.columns = [str(c).strip() for c in frame.iloc[0]] if len(frame) else header
+    frame = frame.iloc[1:]
+    return Table(frame[[c for c in frame.columns if c in keep]], path, "line")
 
 
 def _parquet_table(path: Path, wanted: Sequence[str], optional: Sequence[str]) -> Table:

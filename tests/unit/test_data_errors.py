@@ -101,6 +101,27 @@ def test_wrong_items_columns(tmp_path: Path) -> None:
         load(tmp_path)
 
 
+@pytest.mark.parametrize(("file", "text", "line"), [
+    ("items.csv", "item,title\na,Alpha\nb,Beta, the Sequel\n", 3),  # an unquoted comma in a title
+    ("items.csv", "item,title\nb,Beta, the Sequel\na,Alpha\n", 2),  # on the first row, too
+    ("interactions.csv", "user,item,timestamp\n1,a,1\n1,b,2,99\n", 3),
+])
+def test_csv_row_with_an_extra_field_names_its_line(tmp_path: Path, file: str, text: str, line: int) -> None:
+    (tmp_path / "interactions.csv").write_text("user,item,timestamp\n1,a,1\n1,b,2\n")
+    (tmp_path / "items.csv").write_text("item,title\na,Alpha\nb,Beta\n")
+    (tmp_path / file).write_text(text)
+    with pytest.raises(DataFormatError, match=rf"{file} line {line}: expected \d fields, found \d"):
+        load(tmp_path)
+
+
+def test_csv_columns_are_found_by_name_in_any_order(tmp_path: Path) -> None:
+    (tmp_path / "interactions.csv").write_text("timestamp,rating,extra,item,user\n1,5,x,a,1\n2,4,y,b,1\n")
+    (tmp_path / "items.csv").write_text("title,item\n\"Beta, the Sequel\",b\nAlpha,a\n")
+    data = load(tmp_path)
+    assert data.titles == {"a": "Alpha", "b": "Beta, the Sequel"}
+    assert data.events[["user", "item", "rating"]].values.tolist() == [["1", "a", 5.0], ["1", "b", 4.0]]
+
+
 def test_csv_non_numeric_timestamp(tmp_path: Path) -> None:
     (tmp_path / "interactions.csv").write_text("user,item,timestamp\n1,a,1\n1,a,2\n\n2,a,2019-01-01\n")
     (tmp_path / "items.csv").write_text("item,title\na,Alpha\n")
