@@ -9,7 +9,10 @@ Constructors do no work; validation is explicit (scikit-learn style) and done on
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,8 +202,6 @@ class SurrogateConfig:
         _number(out, f"{p}.weight_decay", self.weight_decay, 0.0)
         _choice(out, f"{p}.loss", self.loss, ("ce", "bce"))
         _positive_int(out, f"{p}.seed", self.seed, allow_zero=True)
-        if not isinstance(self.exclude_history, bool):
-            out.append(f"`{p}.exclude_history` must be true or false, got {self.exclude_history!r}")
         return out
 
 
@@ -250,8 +251,6 @@ class InfluenceConfig:
             _positive_int(out, f"{p}.{name}", getattr(self, name))
         _positive_int(out, f"{p}.hessian_samples", self.hessian_samples, allow_zero=True)
         _positive_int(out, f"{p}.seed", self.seed, allow_zero=True)
-        if not isinstance(self.strict, bool):
-            out.append(f"`{p}.strict` must be true or false, got {self.strict!r}")
         return out
 
 
@@ -487,10 +486,89 @@ class DeftConfig:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
     def problems(self) -> list[str]:
+        """Every field's type first (so that a section's own checks never meet, say, an int where a list
+        belongs), then each section's own checks for the fields whose type is right."""
         out: list[str] = []
         for f in dataclasses.fields(self):
-            out.extend(getattr(self, f.name).problems(f.name))
+            section = getattr(self, f.name)
+            wrong = _type_problems(section, f.name)
+            out.extend(wrong.values())
+            try:
+                own = section.problems(f.name)
+            except (TypeError, ValueError, AttributeError):  # a check tripped over a field already reported
+                own = []
+            out.extend(line for line in own if not any(f"`{name}`" in line for name in wrong))
         return out
+
+
+# ----------------------------------------------------------------------------------------------- field types
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether ``value`` has the declared type (the few kinds config fields use); ints pass for floats."""
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
+    if origin is list:
+        (arg,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_type_ok(v, arg) for v in value)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any, plural: bool = False) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a, plural) for a in typing.get_args(hint))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(hint)[0], plural=True)}"
+    names = {bool: ("true or false", "true or false values"), int: ("an integer", "integers"),
+             float: ("a number", "numbers"), str: ("a string", "strings"), type(None): ("null", "nulls")}
+    return names[hint][plural] if hint in names else getattr(hint, "__name__", str(hint))
+
+
+def _type_problems(section: Any, prefix: str) -> dict[str, str]:
+    """``{dotted field: problem}`` for the fields of ``section`` whose value is not of the declared type."""
+    hints = _hints(type(section))
+    out = {}
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if not _type_ok(value, hints[f.name]):
+            out[f"{prefix}.{f.name}"] = f"`{prefix}.{f.name}` must be {_type_name(hints[f.name])}, got {value!r}"
+    return out
+
+
+def _coerce(cls: type, body: dict[str, Any]) -> dict[str, Any]:
+    """The two spellings YAML users reach for that are not the declared type: one value where a list belongs
+    (``budgets: 256``), and PyYAML's strings for exponent floats without a dot (``lr: 1e-3``)."""
+    hints = _hints(cls)
+    out = dict(body)
+    for name, value in body.items():
+        hint = hints.get(name)
+        if hint is None:
+            continue
+        kinds = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        if typing.get_origin(hint) is list and not isinstance(value, (list, tuple, dict)) and value is not None:
+            out[name] = [value]
+        elif float in kinds and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            out[name] = float(value)
+    return out
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 # ----------------------------------------------------------------------------------------------- YAML I/O
@@ -527,7 +605,7 @@ def from_dict(raw: dict[str, Any] | None, *, file: str | Path | None = None) -> 
         body = {aliases.get(k, k): v for k, v in body.items()}
         unknown = sorted(set(body) - keys)
         problems.extend(f"unknown key `{name}.{k}` (known: {', '.join(sorted(keys))})" for k in unknown)
-        sections[name] = cls(**{k: v for k, v in body.items() if k in keys})
+        sections[name] = cls(**_coerce(cls, {k: v for k, v in body.items() if k in keys}))
     cfg = DeftConfig(**sections)
     problems.extend(cfg.problems())
     if problems:
@@ -542,6 +620,10 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> De
         raise ConfigError([f"config file not found: {path}"], file=path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise ConfigError([f"line {line}: not UTF-8 text (byte {exc.object[exc.start]:#04x}); save the file as "
+                           "UTF-8"], file=path) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = None if mark is None else mark.line + 1

@@ -90,8 +90,52 @@ def test_input_format_with_literal_braces_is_fine():
     assert from_dict({"prompt": {"input_format": "{{json}} {history}"}}).prompt.input_format == "{{json}} {history}"
 
 
-@pytest.mark.parametrize("section, key", [("influence", "strict"), ("surrogate", "exclude_history")])
+@pytest.mark.parametrize("section, key", [("influence", "strict"), ("surrogate", "exclude_history"),
+                                          ("data", "deduplicate"), ("model", "trust_remote_code"),
+                                          ("effort", "ifd"), ("evaluation", "exclude_history")])
 def test_switches_must_be_booleans(section, key):
     with pytest.raises(ConfigError) as info:
         from_dict({section: {key: "no"}})  # YAML's quoted "no" is a string, not false
     assert f"`{section}.{key}` must be true or false, got 'no'" in str(info.value)
+
+
+def test_wrong_types_are_listed_together_never_a_traceback():
+    raw = {"training": {"lr": float("nan")}, "evaluation": {"ks": ["ten"]}, "experiment": {"seeds": [0, "1"]},
+           "selection": {"strata": 2.5, "budgets": [{"n": 3}]}, "prompt": {"max_tokens": "256"}}
+    with pytest.raises(ConfigError) as info:
+        from_dict(raw)
+    assert sorted(info.value.problems) == sorted([
+        "`training.lr` must be a number, got nan",
+        "`evaluation.ks` must be a list of integers, got ['ten']",
+        "`experiment.seeds` must be a list of integers, got [0, '1']",
+        "`selection.strata` must be an integer, got 2.5",
+        "`selection.budgets` must be a list of integers or strings, got [{'n': 3}]",
+        "`prompt.max_tokens` must be an integer or null, got '256'",
+    ])
+
+
+def test_a_config_built_in_python_is_type_checked_too():
+    from deft.config import SelectionConfig
+
+    with pytest.raises(ConfigError, match=r"`selection.budgets` must be a list of integers or strings, got 256"):
+        validate(DeftConfig(selection=SelectionConfig(budgets=256)))
+
+
+def test_yaml_spellings_of_one_value_and_of_exponents(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("training:\n  lr: 1e-3\nselection:\n  budgets: 256\n  lambda: 5e-1\n"
+                    "lora:\n  target_modules: q_proj\nevaluation:\n  ks: 10\n")
+    assert yaml.safe_load(path.read_text())["training"]["lr"] == "1e-3"  # PyYAML reads it as a string
+    cfg = load_config(path, {"experiment.seeds": 3})
+    assert cfg.training.lr == 0.001 and cfg.selection.lambda_ == 0.5
+    assert cfg.selection.budgets == [256] and cfg.lora.target_modules == ["q_proj"]
+    assert cfg.evaluation.ks == [10] and cfg.experiment.seeds == [3]
+    with pytest.raises(ConfigError, match=r"`training.lr` must be a number, got 'fast'"):
+        load_config(path, {"training.lr": "fast"})
+
+
+def test_a_config_that_is_not_utf8_names_its_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes("selection:\n  method: dealrec\n# Überblick\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"c\.yaml: line 3: not UTF-8 text \(byte 0xdc\)"):
+        load_config(path)
