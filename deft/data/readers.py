@@ -12,6 +12,8 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import logging
+import math
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,6 +24,8 @@ import pandas as pd
 import pyarrow as pa
 
 from deft.errors import DataFormatError
+
+log = logging.getLogger(__name__)
 
 JSON_CHUNK = 100_000  # JSONL records parsed at a time; only the needed fields of each chunk are kept
 AMAZON_2018 = {"user": "reviewerID", "item": "asin", "timestamp": "unixReviewTime", "rating": "overall"}
@@ -171,7 +175,7 @@ def read_jsonl(path: Path, fields: Sequence[str]) -> Table:
                 frames.append(chunk.reindex(columns=list(fields)))
     except UnicodeDecodeError as exc:
         raise _utf8_error(path, exc) from exc
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:  # TypeError: a line that is JSON but not an object, e.g. [1, 2]
         raise _json_error(path) from exc
     frame = pd.concat(frames) if frames else pd.DataFrame(columns=list(fields))
     table = Table(frame, path, "record")
@@ -228,12 +232,31 @@ def _unix_seconds(values: pd.Series) -> pd.Series:
 
 
 def parse_titles(table: Table, item_column: str, title_column: str, label: str = "item") -> pd.Series:
-    """item -> title (stripped; empty titles become NaN); the first row of a repeated item wins."""
+    """item -> title (stripped; empty titles become NaN); the first row of a repeated item wins, and a
+    repeated item whose titles differ is counted in a warning.
+
+    A title that is not text (a number, a list: Parquet and JSON keep types) is an error naming its row: its
+    printed form would become the prompt's text, and a numeric column usually means the wrong ``title_column``.
+    """
     items = parse_ids(table, item_column, label)
-    titles = table.frame[title_column].astype("string").str.strip()
+    raw = table.frame[title_column]
+    bad = ~raw.map(lambda v: isinstance(v, str) or v is None or (isinstance(v, float) and math.isnan(v))).to_numpy()
+    if bad.any():
+        pos = int(np.argmax(bad))
+        value = raw.iloc[pos].tolist() if hasattr(raw.iloc[pos], "tolist") else raw.iloc[pos]  # numpy -> Python
+        raise table.error(table.frame.index[pos], f"column '{title_column}' is not text: {value!r} "
+                          f"({type(value).__name__})", title_column)
+    titles = raw.astype("string").str.strip()
     titles = titles.where(titles != "").astype(object)
     series = pd.Series(titles.to_numpy(), index=items.to_numpy(), name="title")
-    return series[~series.index.duplicated(keep="first")]
+    repeated = series.index.duplicated(keep="first")
+    if repeated.any():
+        first = series[~repeated]
+        differ = [i for i, t in series[repeated].items() if t != first[i] and not (pd.isna(t) and pd.isna(first[i]))]
+        if differ:
+            log.warning("%s: %d repeated %s id(s) have another title than their first row, which is kept: %s",
+                        table.file, len(set(differ)), label, ", ".join(repr(i) for i in list(dict.fromkeys(differ))[:5]))
+    return series[~repeated]
 
 
 def make_events(table: Table, cols: dict[str, str | None], labels: dict[str, str] | None = None) -> pd.DataFrame:

@@ -141,6 +141,26 @@ def test_parquet_errors_name_the_row(tmp_path: Path) -> None:
         load(tmp_path)
 
 
+@pytest.mark.parametrize(("titles", "shown"), [([7, 8], r"7 \(int\)"), ([["A", "B"], None], r"\['A', 'B'\] \(list\)")])
+def test_a_title_that_is_not_text_names_its_row(tmp_path: Path, titles: list, shown: str) -> None:
+    import pandas as pd
+
+    pd.DataFrame({"user": ["1", "1"], "item": ["a", "b"], "timestamp": [1, 2]}).to_parquet(
+        tmp_path / "interactions.parquet")
+    pd.DataFrame({"item": ["a", "b"], "title": titles}).to_parquet(tmp_path / "items.parquet")
+    with pytest.raises(DataFormatError, match=rf"items\.parquet: row 1: column 'title' is not text: {shown}"):
+        load(tmp_path)
+
+
+def test_a_repeated_item_with_another_title_is_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "interactions.csv").write_text("user,item,timestamp\n1,a,1\n1,b,2\n")
+    (tmp_path / "items.csv").write_text("item,title\na,Alpha\nb,Beta\na,Alpha\nb,Beta II\n")
+    with caplog.at_level("WARNING", logger="deft.data.readers"):
+        assert load(tmp_path).titles == {"a": "Alpha", "b": "Beta"}
+    assert [r.getMessage().split(": ", 1)[1] for r in caplog.records] == [
+        "1 repeated item id(s) have another title than their first row, which is kept: 'b'"]
+
+
 @pytest.mark.parametrize(("options", "step"), [
     ({"min_rating": 6}, r"min_rating=6 \(45 before\)"),  # before deduplication
     ({"min_user_interactions": 20}, r"the k-core filter \(min_user_interactions=20, min_item_interactions=0\)"),
@@ -205,6 +225,13 @@ def test_bad_json_line(tmp_path: Path) -> None:
     with pytest.raises(DataFormatError, match=r"Tiny_Shop\.json line 3: not valid JSON: ") as err:
         load(folder)
     assert err.value.line == 3
+
+
+def test_json_line_that_is_not_an_object(tmp_path: Path) -> None:
+    folder = amazon_copy(tmp_path, "2018")
+    replace_line(folder / "Tiny_Shop.json", 2, "[1, 2]")
+    with pytest.raises(DataFormatError, match=r"Tiny_Shop\.json line 2: expected a JSON object, got list"):
+        load(folder)
 
 
 def test_json_record_missing_a_field_names_its_line(tmp_path: Path) -> None:
