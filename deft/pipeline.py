@@ -355,11 +355,6 @@ def _check_sample_columns(samples: pd.DataFrame) -> None:
             raise DeftError(f"row {bad} (0-based): `history` must be a list of item ids, got "
                             f"{type(samples['history'].iloc[bad]).__name__} {samples['history'].iloc[bad]!r:.60}",
                             field="history")
-    dup = samples["sample_id"].duplicated()
-    if dup.any():
-        first = int(np.flatnonzero(dup.to_numpy())[0])
-        raise DeftError(f"sample_id {samples['sample_id'].iloc[first]!r} is repeated (row {first})", line=first,
-                        field="sample_id")
 
 
 def split_from_samples(samples: pd.DataFrame) -> Split:
@@ -442,9 +437,21 @@ def coreset_path(run: RunDir, budget: int, n_budgets: int) -> Path:
     return run.path("coreset.jsonl" if n_budgets == 1 else f"coreset-{budget}.jsonl")
 
 
+def _row_error(what: str, row: int, field: str, path: Path | None, lines: list[int] | None) -> DeftError:
+    """An error at 0-based ``row`` of a table: in memory its position, in a Parquet file its 1-based row, in a
+    JSONL file its line."""
+    if path is None:
+        return DeftError(f"row {row} (0-based): {what}", field=field)
+    if lines is None:
+        return DeftError(f"row {row + 1}: {what}", file=path, field=field)
+    return DeftError(what, file=path, line=lines[row], field=field)
+
+
 def _check_sample_fields(frame: pd.DataFrame, path: Path | None, lines: list[int] | None) -> None:
-    """Every row has string instruction/input/output and a non-empty output: a missing field would otherwise
-    train on the text "nan" or "None"."""
+    """Every row has string instruction/input/output and a non-empty output (a missing field would otherwise
+    train on the text "nan" or "None"), and ids that are present and unique; a recommendation table's user and
+    target are present too (a null user would drop out of the surrogate's sequences, a null target become the
+    item "nan")."""
     for name in ("instruction", "input", "output"):
         values = frame[name].tolist()
         bad = next((i for i, v in enumerate(values) if not isinstance(v, str) or (name == "output" and not v.strip())),
@@ -453,11 +460,52 @@ def _check_sample_fields(frame: pd.DataFrame, path: Path | None, lines: list[int
             continue
         value = values[bad]
         what = "is empty" if isinstance(value, str) else f"is missing or not a string ({value!r})"
-        if path is None:  # a table given in memory: its own (0-based) row position
-            raise DeftError(f"row {bad} (0-based): {what}", field=name)
-        if lines is None:
-            raise DeftError(f"row {bad + 1}: {what}", file=path, field=name)
-        raise DeftError(what, file=path, line=lines[bad], field=name)
+        raise _row_error(what, bad, name, path, lines)
+    for name in ("sample_id", "user", "target_item"):
+        if name in frame.columns and frame[name].isna().any():
+            raise _row_error("is missing", int(np.flatnonzero(frame[name].isna().to_numpy())[0]), name, path, lines)
+    if "sample_id" in frame.columns:
+        ids = frame["sample_id"]
+        dup = ids.duplicated().to_numpy()
+        if dup.any():
+            row = int(np.flatnonzero(dup)[0])
+            earlier = int(np.flatnonzero((ids == ids.iloc[row]).to_numpy())[0])
+            where = f"row {earlier} (0-based)" if path is None else (
+                f"row {earlier + 1}" if lines is None else f"line {lines[earlier]}")
+            raise _row_error(f"{ids.iloc[row]!r} repeats the id of {where}", row, "sample_id", path, lines)
+
+
+def _read_samples_parquet(path: Path) -> pd.DataFrame:
+    import pyarrow as pa
+
+    try:
+        return read_parquet(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DeftError(f"not a readable Parquet file: {exc}", file=path) from exc
+
+
+def _read_samples_jsonl(path: Path) -> tuple[pd.DataFrame, list[int]]:
+    """The records and the file line of each (blank lines are skipped, not counted as records)."""
+    import json
+
+    rows, lines = [], []
+    with open(path, "rb") as fh:
+        for line_no, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")  # a BOM may open the file
+            except UnicodeDecodeError as exc:
+                raise DeftError(f"not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1})",
+                                file=path, line=line_no) from exc
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DeftError(f"not valid JSON: {exc.msg}", file=path, line=line_no) from exc
+            if not isinstance(rows[-1], dict):
+                raise DeftError("not a JSON object", file=path, line=line_no)
+            lines.append(line_no)
+    return pd.DataFrame(rows), lines
 
 
 def load_samples_file(path: str | Path) -> pd.DataFrame:
@@ -465,25 +513,16 @@ def load_samples_file(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise DeftError(f"samples file not found: {path}", file=path)
+    if path.suffix not in (".parquet", ".jsonl", ".json"):
+        raise DeftError(f"unsupported samples file type {path.suffix or '(none)'!r}: use JSON lines (.jsonl) or "
+                        "Parquet (.parquet) with columns instruction, input, output", file=path)
     if path.suffix == ".parquet":
-        frame = read_parquet(path)
+        frame = _read_samples_parquet(path)
         lines = None
     else:
-        import json
-
-        rows, lines = [], []
-        with open(path, encoding="utf-8") as fh:
-            for line_no, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise DeftError(f"not valid JSON: {exc.msg}", file=path, line=line_no) from exc
-                if not isinstance(rows[-1], dict):
-                    raise DeftError("not a JSON object", file=path, line=line_no)
-                lines.append(line_no)
-        frame = pd.DataFrame(rows)
+        frame, lines = _read_samples_jsonl(path)
+    if frame.empty and not len(frame.columns):
+        raise DeftError("the file holds no samples", file=path)
     missing = [c for c in ("instruction", "input", "output") if c not in frame.columns]
     if missing:
         raise DeftError(f"missing column(s) {missing}; found {list(frame.columns)}", file=path, field=missing[0])

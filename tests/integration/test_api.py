@@ -111,6 +111,12 @@ def test_bad_sample_tables_name_the_row_and_field(pool, tmp_path):
     as_text = pool.assign(history=pool["history"].map(lambda h: str(list(h))))  # as read back from a CSV
     with pytest.raises(DeftError, match=r"row 0 \(0-based\): `history` must be a list of item ids, got str"):
         deft.prune(as_text, budget=2, method="random", config=CONFIG, out=tmp_path / "b", progress=False)
+    no_user = pool.assign(user=[None, *pool["user"][1:]])  # would drop out of the surrogate's sequences
+    with pytest.raises(DeftError, match=r"'user': row 0 \(0-based\): is missing"):
+        deft.prune(no_user, budget=2, method="random", config=CONFIG, out=tmp_path / "c", progress=False)
+    twice = pool.assign(sample_id=[*pool["sample_id"][:3], pool["sample_id"].iloc[1], *pool["sample_id"][4:]])
+    with pytest.raises(DeftError, match=r"'sample_id': row 3 \(0-based\): '.+' repeats the id of row 1 \(0-based\)"):
+        deft.prune(twice, budget=2, method="random", config=CONFIG, out=tmp_path / "d", progress=False)
 
 
 def test_a_mistyped_score_is_named_before_the_pool_is_scored(tmp_path):

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 from deft_cli.main import app
@@ -82,3 +83,39 @@ def test_train_names_the_row_with_a_missing_or_empty_field(tmp_path):
     result = CliRunner().invoke(app, ["train", "--samples", str(tmp_path / "bad.parquet"), "--config", CONFIG,
                                       "--out", str(tmp_path / "t")])
     assert result.exit_code == 1 and "bad.parquet: field 'input': row 2: is missing" in result.output
+
+
+ROW = '{"sample_id": "%s", "instruction": "x", "input": "y", "output": "z"}\n'
+
+
+@pytest.mark.parametrize(("name", "content", "expected"), [
+    ("dup.jsonl", (ROW % "a" + ROW % "b" + "\n" + ROW % "a").encode(),
+     "dup.jsonl line 4: field 'sample_id': 'a' repeats the id of line 1"),
+    ("latin.jsonl", (ROW % "Amélie").encode("latin-1"), "latin.jsonl line 1: not UTF-8 text (byte 0xe9"),
+    ("empty.jsonl", b"\n\n", "empty.jsonl: the file holds no samples"),
+    ("rows.csv", b"instruction,input,output\nx,y,z\n", "rows.csv: unsupported samples file type '.csv'"),
+    ("broken.parquet", b"PAR1 not really", "broken.parquet: not a readable Parquet file"),
+])
+def test_samples_file_errors_name_file_line_and_field(tmp_path, name, content, expected):
+    from deft.errors import DeftError
+    from deft.pipeline import load_samples_file
+
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DeftError) as info:
+        load_samples_file(tmp_path / name)
+    assert expected in str(info.value)
+
+
+def test_samples_file_ids_and_targets_must_be_present(tmp_path):
+    from deft.errors import DeftError
+    from deft.pipeline import load_samples_file
+
+    frame = pd.DataFrame({"sample_id": ["1:1", None], "instruction": "x", "input": "y", "output": "z"})
+    frame.to_parquet(tmp_path / "ids.parquet")
+    with pytest.raises(DeftError, match=r"ids\.parquet: field 'sample_id': row 2: is missing"):
+        load_samples_file(tmp_path / "ids.parquet")
+    frame.assign(sample_id=["1:1", "1:2"], user=["1", "1"], target_item=["5", None]).to_parquet(tmp_path / "t.parquet")
+    with pytest.raises(DeftError, match=r"t\.parquet: field 'target_item': row 2: is missing"):
+        load_samples_file(tmp_path / "t.parquet")
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + (ROW % "a").encode())
+    assert list(load_samples_file(tmp_path / "bom.jsonl")["sample_id"]) == ["a"]
