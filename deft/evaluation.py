@@ -147,6 +147,12 @@ def per_user_results(path: str | Path) -> tuple[Path, pd.DataFrame]:
             dup = frame["user"][frame["user"].duplicated()]
             if len(dup):
                 raise DataFormatError(f"user {dup.iloc[0]!r} appears more than once", file=candidate, field="user")
+            for metric in (c for c in frame.columns if c.startswith(("recall@", "ndcg@"))):
+                bad = ~np.isfinite(pd.to_numeric(frame[metric], errors="coerce").to_numpy(np.float64))
+                if bad.any():  # a mean over it would be NaN, and the comparison read as "no clear difference"
+                    row = int(np.flatnonzero(bad)[0])
+                    raise DataFormatError(f"row {row + 1} (user {frame['user'].iloc[row]!r}): {metric} is "
+                                          f"{frame[metric].tolist()[row]!r}, not a number", file=candidate, field=metric)
             return candidate, frame
     raise DataFormatError(f"no per-user results (looked for {' and '.join(str(c) for c in candidates)})", file=path)
 

@@ -127,6 +127,10 @@ def test_compare_refuses_different_users_missing_metrics_and_missing_files(tmp_p
     pd.DataFrame({"ndcg@10": [0.1]}).to_parquet(tmp_path / "nouser" / "per_user.parquet")
     with pytest.raises(DataFormatError, match="lack the 'user' column"):
         compare_evaluations(run_a, tmp_path / "nouser")
+    _per_user(tmp_path / "nan", ["u1", "u2", "u3"], [0.1, float("nan"), 0.3])
+    with pytest.raises(DataFormatError, match=r"per_user\.parquet: field 'ndcg@10': row 2 \(user 'u2'\): ndcg@10 is "
+                                              r"nan, not a number"):
+        compare_evaluations(run_a, tmp_path / "nan")
 
 
 # ----------------------------------------------------------------------------------------------- grounding
