@@ -356,7 +356,8 @@ def _arm_fingerprint(pipe: Pipeline, pool: Pool, run: ArmRun) -> str:
                                   "selection": {name: getattr(c.selection, name) for name in used},
                                   "training": replace(c.training, seed=run.seed).result_settings(),
                                   "lora": to_dict(c.lora), "model": pipe.llm().fingerprint,
-                                  "evaluation": c.evaluation.result_settings()}, *_code_parts(run)))
+                                  "evaluation": c.evaluation.result_settings(), **pipe.llm().numerics_key()},
+                                 *_code_parts(run)))
 
 
 def _code_parts(run: ArmRun) -> tuple[str, ...]:
@@ -373,8 +374,8 @@ def _wide_arm_fingerprint(pipe: Pipeline, pool: Pool, run: ArmRun) -> str:
     return fingerprint(with_code({"pool": pool.fingerprint, "scores": {s: pipe.stage_fp(s, pool) for s in stages},
                                   "run": [run.arm, run.budget, run.seed], "selection": to_dict(c.selection),
                                   "training": c.training.result_settings(), "lora": to_dict(c.lora),
-                                  "model": pipe.llm().fingerprint,
-                                  "evaluation": to_dict(c.evaluation)}, *_code_parts(run)))
+                                  "model": pipe.llm().fingerprint, "evaluation": to_dict(c.evaluation),
+                                  **pipe.llm().numerics_key()}, *_code_parts(run)))
 
 
 def _references(pipe: Pipeline, pool: Pool) -> dict[str, Any]:

@@ -134,7 +134,7 @@ def _run_fingerprint(pipe: Pipeline, pool: Pool, users: pd.DataFrame, lam: float
              "selection": {k: getattr(c.selection, k) for k in settings_used("dealrec") if k != "lambda_"},
              "training": replace(c.training, seed=seed).result_settings(), "lora": to_dict(c.lora),
              "model": pipe.llm().fingerprint, "evaluation": c.evaluation.result_settings(),
-             "users": frame_fingerprint(users[["user", "history", "targets", "input"]])}
+             "users": frame_fingerprint(users[["user", "history", "targets", "input"]]), **pipe.llm().numerics_key()}
     return fingerprint(with_code(parts, "selection", "training", "evaluation"))
 
 

@@ -311,15 +311,21 @@ def test_records_from_before_the_prompts_fingerprint_are_taken_as_they_are(exper
     assert {p: p.read_bytes() for p in copy.glob("arms/*/record.json")} == records
 
 
-def test_effort_scores_are_keyed_by_precision(tmp_path):
-    """A cached effort stage is not served to a run with other numerics (fp32 keys carry none: they predate it)."""
+def test_effort_scores_and_runs_are_keyed_by_precision(tmp_path):
+    """Cached effort scores and finished runs are not served to a run with other numerics (fp32 keys carry none:
+    they predate it)."""
     from deft.config import load_config
     from deft.pipeline import Pipeline
 
-    fps = {}
+    from deft.experiment import _arm_fingerprint, plan_runs
+
+    fps, arms = {}, {}
     for autocast in ("off", "bf16"):
-        pipe = Pipeline(load_config(ROOT / "configs" / "bench" / "tiny.yaml", {"model.autocast": autocast}),
-                        tmp_path / autocast)
-        fps[autocast] = pipe.stage_fp("effort", pipe.pool_from_source())
+        cfg = load_config(ROOT / "configs" / "bench" / "tiny.yaml", {"model.autocast": autocast})
+        pipe = Pipeline(cfg, tmp_path / autocast)
+        pool = pipe.pool_from_source()
+        fps[autocast] = pipe.stage_fp("effort", pool)
+        arms[autocast] = [_arm_fingerprint(pipe, pool, run) for run in plan_runs(cfg, len(pool.samples))]
         assert (pipe.llm().numerics_key() == {}) == (autocast == "off")
     assert fps["off"] != fps["bf16"]
+    assert not set(arms["off"]) & set(arms["bf16"])  # random and full too: a finished record is not served
