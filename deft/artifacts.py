@@ -44,6 +44,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        with open(tmp, "rb") as fh:  # on disk before the rename: an OS crash cannot leave an empty file in place
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -339,6 +341,11 @@ class RunDir:
         A stage that resumed work saved by an earlier, interrupted run reports those seconds in
         ``cost.extra["earlier_wall_s"]``; they are added to ``wall_s`` so the ledger charges the whole stage.
         """
+        old = self.stage_meta(name)
+        if old is not None and old.get("done"):
+            # The block may replace this stage's outputs; killed midway, it must not leave them under the old
+            # record, which a run with the old settings would then trust.
+            write_json(self._meta_path(name), {**old, "done": False})
         with measure() as cost:
             yield cost
         wall_s = round(cost.wall_s + float(cost.extra.get("earlier_wall_s", 0.0)), 3)

@@ -103,7 +103,9 @@ def ndcg_at_k(ranked: Sequence[Sequence[Hashable]], targets: Sequence[Collection
         if not keys:
             continue
         ranks = _title_ranks(row, groups)
-        dcg = sum(1.0 / np.log2(ranks[key] + 1) for key in keys if ranks.get(key, k + 1) <= k)
+        # summed in rank order: ``keys`` is a set of titles, whose order (and so the float sum's last bit) would
+        # follow the process's string hash seed
+        dcg = sum(1.0 / np.log2(r + 1) for r in sorted(ranks[key] for key in keys if ranks.get(key, k + 1) <= k))
         idcg = sum(1.0 / np.log2(i + 1) for i in range(1, min(len(keys), k) + 1))
         out[u] = dcg / idcg
     return out
@@ -282,12 +284,18 @@ def _clean(tokenizer, new_ids: list[int]) -> str:
 
 
 def generate(loaded: LoadedModel, adapter_dir: str | Path | None, prompts: Sequence[str],
-             eval_cfg: EvaluationConfig, max_new_tokens: int, progress: bool = False) -> list[str]:
+             eval_cfg: EvaluationConfig, max_new_tokens: int, progress: bool = False,
+             partial: str | Path | None = None, save_every_s: float = 60.0) -> list[str]:
     """Responses to ``prompts`` in input order: greedy (``num_beams`` 1) or beam search, batched.
 
     Prompts are grouped by length so batches carry little padding, left-padded so every row continues from its
     last position, and run under the model's bf16 autocast where supported. Each response is cut at EOS and at
     the first newline.
+
+    With ``partial`` (a Parquet path that the caller names after everything the responses depend on), finished
+    responses are saved there every ``save_every_s`` seconds and a rerun skips the batches they cover. The
+    batches are a pure function of the prompts and the batch size, so a resumed run generates exactly what an
+    uninterrupted one would.
     """
     from tqdm.auto import tqdm
     from transformers import GenerationConfig
@@ -297,18 +305,54 @@ def generate(loaded: LoadedModel, adapter_dir: str | Path | None, prompts: Seque
     gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=eval_cfg.num_beams,
                                num_return_sequences=1, pad_token_id=_pad_id(tok), eos_token_id=tok.eos_token_id,
                                use_cache=True)  # the loaded model's config turns the cache off for scoring
-    out: list[str] = [""] * len(prompts)
+    out: list[str | None] = [None] * len(prompts)
+    saved, earlier_s = _load_partial(partial, len(prompts))
+    for i, text in saved.items():
+        out[i] = text
     batches = length_sorted_batches([len(e.input_ids) for e in encoded], eval_cfg.batch_size)
+    todo = [b for b in batches if any(out[i] is None for i in b)]
+    if saved:
+        log.info("resuming generation: %d of %d prompts were saved in %s", len(saved), len(prompts), partial)
+    start = last_save = time.monotonic()
     with _adapted(loaded, adapter_dir) as model, torch.inference_mode(), loaded.autocast():
         model.eval()
-        for batch in tqdm(batches, desc="generate", disable=not progress):
+        bar = tqdm(total=len(batches), initial=len(batches) - len(todo), desc="generate", disable=not progress)
+        for batch in todo:
             padded = pad_batch([encoded[i] for i in batch], _pad_id(tok), side="left")
             ids = padded["input_ids"].to(loaded.device)
             seqs = model.generate(input_ids=ids, attention_mask=padded["attention_mask"].to(loaded.device),
                                   generation_config=gen_cfg)
             for row, i in enumerate(batch):
                 out[i] = _clean(tok, seqs[row, ids.shape[1]:].tolist())
-    return out
+            bar.update(1)
+            if partial is not None and time.monotonic() - last_save >= save_every_s:
+                _save_partial(partial, out, earlier_s + time.monotonic() - start)
+                start = last_save = time.monotonic()
+        bar.close()
+    return [text or "" for text in out]
+
+
+def _load_partial(path: str | Path | None, n: int) -> tuple[dict[int, str], float]:
+    """Saved responses by prompt index, and the generation seconds spent on them."""
+    if path is None or not Path(path).is_file():
+        return {}, 0.0
+    frame = read_parquet(path)
+    if len(frame) and int(frame["index"].max()) >= n:
+        raise ArtifactMismatchError(f"saved responses index {int(frame['index'].max())} but there are {n} prompts",
+                                    file=path)
+    earlier = float(frame["elapsed_s"].iloc[0]) if len(frame) else 0.0
+    return dict(zip(frame["index"].tolist(), frame["text"].tolist(), strict=True)), earlier
+
+
+def partial_elapsed_s(path: str | Path) -> float:
+    """Seconds an interrupted evaluation already spent generating the responses saved at ``path``."""
+    return _load_partial(path, np.iinfo(np.int64).max)[1]
+
+
+def _save_partial(path: str | Path, out: Sequence[str | None], elapsed_s: float) -> None:
+    done = [i for i, text in enumerate(out) if text is not None]
+    write_parquet(path, pd.DataFrame({"index": np.asarray(done, dtype=np.int64), "text": [out[i] for i in done],
+                                      "elapsed_s": np.full(len(done), round(elapsed_s, 3))}))
 
 
 @contextlib.contextmanager
@@ -489,7 +533,14 @@ def evaluate(loaded: LoadedModel, adapter_dir: str | Path | None, users: pd.Data
         return cached
     start = time.perf_counter()
     prompts = [render_prompt(i, x) for i, x in zip(users["instruction"], users["input"], strict=True)]
-    generated = generate(loaded, adapter_dir, prompts, eval_cfg, max_new, progress=progress)
+    # Responses saved as they come, under this evaluation's fingerprint: a killed evaluation resumes, and one
+    # with other inputs or settings never reads them.
+    partial = out_dir / f"partial-generations-{fp}.parquet"
+    for stale in out_dir.glob("partial-generations-*.parquet"):
+        if stale != partial:
+            stale.unlink()
+    earlier_s = partial_elapsed_s(partial)  # charged to this evaluation's wall time, as a resumed stage's are
+    generated = generate(loaded, adapter_dir, prompts, eval_cfg, max_new, progress=progress, partial=partial)
     item_ids, item_emb = item_embeddings(loaded, titles, out_dir if cache_dir is None else cache_dir,
                                          eval_cfg.batch_size)
     gen_emb = embed_texts(loaded, generated, eval_cfg.batch_size)
@@ -505,11 +556,12 @@ def evaluate(loaded: LoadedModel, adapter_dir: str | Path | None, users: pd.Data
         per_user[f"ndcg@{k}"] = ndcg_at_k(ranked, targets, k, titles)
         metrics[f"recall@{k}"] = float(per_user[f"recall@{k}"].mean())
         metrics[f"ndcg@{k}"] = float(per_user[f"ndcg@{k}"].mean())
-    wall = time.perf_counter() - start
+    wall = time.perf_counter() - start + earlier_s
     s_per_user = wall / max(1, len(users))
     write_parquet(out_dir / "per_user.parquet", per_user)
     write_json(out_dir / "metrics.json", _metrics_record(fp, metrics, wall, s_per_user, len(users), max_new,
                                                          eval_cfg, adapter_dir, _excluded_phrase(users, exclude)))
+    partial.unlink(missing_ok=True)  # per_user.parquet holds every response now
     log.info("evaluated %d users in %.1f s: %s", len(users), wall, metrics)
     return EvalResult(metrics, per_user, wall, s_per_user, out_dir)
 

@@ -315,9 +315,8 @@ def test_effort_scores_and_runs_are_keyed_by_precision(tmp_path):
     """Cached effort scores and finished runs are not served to a run with other numerics (fp32 keys carry none:
     they predate it)."""
     from deft.config import load_config
-    from deft.pipeline import Pipeline
-
     from deft.experiment import _arm_fingerprint, plan_runs
+    from deft.pipeline import Pipeline
 
     fps, arms = {}, {}
     for autocast in ("off", "bf16"):

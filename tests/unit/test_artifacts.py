@@ -56,6 +56,19 @@ def test_failed_stage_is_not_marked_done(tmp_path):
     assert not run.is_done("effort", "fp")
 
 
+def test_a_stage_redone_and_killed_midway_is_no_longer_done_under_its_old_key(tmp_path):
+    run = RunDir(tmp_path)
+    with run.stage("scores", "old"):
+        write_parquet(run.path("scores.parquet"), pd.DataFrame({"s": [1.0]}))
+    overwriting = RunDir(tmp_path, overwrite=True)
+    assert not overwriting.is_done("scores", "new")
+    with pytest.raises(KeyboardInterrupt), overwriting.stage("scores", "new"):
+        write_parquet(run.path("scores.parquet"), pd.DataFrame({"s": [2.0]}))  # replaced, then killed
+        raise KeyboardInterrupt
+    assert not RunDir(tmp_path).is_done("scores", "old")  # the old settings do not trust the new file
+    assert not RunDir(tmp_path).is_done("scores", "new")
+
+
 def test_guard_output_and_manifest(tmp_path):
     run = RunDir(tmp_path)
     (tmp_path / "coreset.jsonl").write_text("{}\n")

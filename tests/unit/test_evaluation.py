@@ -197,6 +197,29 @@ def test_batched_generation_equals_one_at_a_time(tiny):
     assert all("\n" not in g for g in batched)
 
 
+def test_killed_generation_resumes_from_its_saved_batches(tiny, tmp_path, monkeypatch):
+    words = ["Heat", "Toy Story", "Fargo and Babe", "Alien", "Zz Top 123 long one", "Babe"]
+    prompts = [render_prompt(w, w) for w in words]
+    cfg, partial = EvaluationConfig(batch_size=2), tmp_path / "partial.parquet"
+    whole = generate(tiny, None, prompts, cfg, max_new_tokens=6)
+    real, calls = type(tiny.model).generate, []
+
+    def dies_after_two(self, *args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(tiny.model), "generate", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        generate(tiny, None, prompts, cfg, max_new_tokens=6, partial=partial, save_every_s=0)
+    assert len(pd.read_parquet(partial)) == 4  # the two finished batches
+    calls.clear()
+    monkeypatch.setattr(type(tiny.model), "generate", lambda self, *a, **k: (calls.append(1), real(self, *a, **k))[1])
+    assert generate(tiny, None, prompts, cfg, max_new_tokens=6, partial=partial, save_every_s=0) == whole
+    assert len(calls) == 1  # only the batch that had not finished
+
+
 def test_beam_search_runs_batched(tiny):
     prompts = [render_prompt("Recommend.", "The user watched: a."), render_prompt("Recommend.", "b")]
     out = generate(tiny, None, prompts, EvaluationConfig(batch_size=2, num_beams=2), max_new_tokens=4)
@@ -232,6 +255,7 @@ def test_evaluate_writes_results_and_reuses_them(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(evaluation, "generate", lambda *a, **k: pytest.fail("cache not used"))
     again = evaluate(tiny, None, _users(), TITLES, cfg, tmp_path, progress=False)
     assert again.metrics == result.metrics
+    assert not list(tmp_path.glob("partial-generations-*"))  # the saved responses went into per_user.parquet
 
 
 def test_exclude_history_removes_every_seen_item_not_only_the_prompt(tiny, tmp_path):
