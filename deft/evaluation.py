@@ -43,7 +43,7 @@ from deft.artifacts import (
 from deft.config import EvaluationConfig
 from deft.data.encoding import Encoded, length_sorted_batches, pad_batch
 from deft.data.prompts import render_prompt
-from deft.errors import ArtifactMismatchError, DataFormatError
+from deft.errors import ArtifactMismatchError, DataFormatError, OutputExistsError
 
 if TYPE_CHECKING:
     from deft.models import LoadedModel
@@ -327,8 +327,10 @@ def generate(loaded: LoadedModel, adapter_dir: str | Path | None, prompts: Seque
             bar.update(1)
             if partial is not None and time.monotonic() - last_save >= save_every_s:
                 _save_partial(partial, out, earlier_s + time.monotonic() - start)
-                start = last_save = time.monotonic()
+                last_save = time.monotonic()
         bar.close()
+    if partial is not None and todo:  # the caller deletes it once the responses are saved elsewhere
+        _save_partial(partial, out, earlier_s + time.monotonic() - start)
     return [text or "" for text in out]
 
 
@@ -536,6 +538,11 @@ def evaluate(loaded: LoadedModel, adapter_dir: str | Path | None, users: pd.Data
     # Responses saved as they come, under this evaluation's fingerprint: a killed evaluation resumes, and one
     # with other inputs or settings never reads them.
     partial = out_dir / f"partial-generations-{fp}.parquet"
+    theirs = out_dir / "per_user.parquet"
+    if theirs.exists() and not overwrite and not (out_dir / "metrics.json").exists() \
+            and not any(out_dir.glob("partial-generations-*.parquet")):
+        raise OutputExistsError(f"{theirs} exists but no evaluation of DEFT's wrote it; use --overwrite to replace "
+                                "it or choose another --out", file=theirs)
     for stale in out_dir.glob("partial-generations-*.parquet"):
         if stale != partial:
             stale.unlink()

@@ -43,7 +43,7 @@ from deft.artifacts import (
 from deft.config import LoraConfig, TrainingConfig, to_dict
 from deft.data.encoding import IGNORE_INDEX, Encoded, encode_pair, length_sorted_batches, pad_batch
 from deft.data.prompts import render_prompt
-from deft.errors import ArtifactMismatchError, DataFormatError
+from deft.errors import ArtifactMismatchError, DataFormatError, OutputExistsError
 
 if TYPE_CHECKING:
     from deft.models import LoadedModel
@@ -262,19 +262,33 @@ def finished_best_epoch(out_dir: str | Path) -> float | None:
     return _result_from_json(out_dir, read_json(out_dir / "train_result.json")).best_epoch
 
 
+STARTED = "train_started.json"  # claims the directory for a fingerprint before anything else is written
+OUTPUTS = ("adapter", "adapter.old", "train_log.json", "loss_curve.png")
+
+
 def _previous_run(out_dir: Path, fp: str, overwrite: bool) -> tuple[TrainResult | None, Path | None]:
-    """(finished result, checkpoint to resume) for this fingerprint; a different one is an error."""
-    done, ckpt = out_dir / "train_result.json", existing_dir(out_dir / "checkpoint")
+    """(finished result, checkpoint to resume) for this fingerprint; a different one is an error, and so are
+    outputs of ours (an adapter, a log) that no run of ours claims, unless ``overwrite``."""
+    done, ckpt, started = out_dir / "train_result.json", existing_dir(out_dir / "checkpoint"), out_dir / STARTED
     found = read_json(done)["fingerprint"] if done.is_file() else None
     if found is None and ckpt is not None:
         found = read_json(ckpt / "state.json")["fingerprint"]
+    if found is None and started.is_file():  # killed before its first checkpoint
+        found = read_json(started)["fingerprint"]
     if found is None:
+        foreign = [n for n in OUTPUTS if (out_dir / n).exists()]
+        if foreign and not overwrite:
+            raise OutputExistsError(f"{out_dir} holds {', '.join(foreign)} from no training of DEFT's; use "
+                                    "--overwrite to replace them or choose another --out", file=out_dir)
+        for name in foreign:
+            p = out_dir / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
         return None, None
     if found != fp:
         if not overwrite:
             raise ArtifactMismatchError(f"{out_dir} holds a training with fingerprint {found}, these inputs and "
                                         f"settings give {fp}; use --overwrite or another output directory")
-        for name in ("train_result.json", "checkpoint", "checkpoint.old", "adapter", "adapter.old"):
+        for name in ("train_result.json", "checkpoint", "checkpoint.old", STARTED, *OUTPUTS):
             p = out_dir / name
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
         return None, None
@@ -313,6 +327,8 @@ def train_lora(loaded: LoadedModel, train: pd.DataFrame, valid: pd.DataFrame | N
         return finished
     if len(train) == 0:
         raise DataFormatError("no training samples")
+    if resume_from is None:
+        write_json(out_dir / STARTED, {"fingerprint": fp})
 
     tok = loaded.tokenizer
     encoded = encode_frame(tok, train, cfg.loss_on)
@@ -425,5 +441,6 @@ def train_lora(loaded: LoadedModel, train: pd.DataFrame, valid: pd.DataFrame | N
     plot_losses(st["log"], out_dir / "loss_curve.png")
     write_json(out_dir / "train_result.json", {"fingerprint": fp, "done": True, **asdict(result)})
     shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)  # a finished run needs no resume point
+    (out_dir / STARTED).unlink(missing_ok=True)  # train_result.json claims the directory now
     log.info("trained %d steps in %.1f s; best validation loss %s", result.steps, wall, result.best_valid_loss)
     return result

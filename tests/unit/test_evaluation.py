@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pandas as pd
@@ -218,6 +219,12 @@ def test_killed_generation_resumes_from_its_saved_batches(tiny, tmp_path, monkey
     monkeypatch.setattr(type(tiny.model), "generate", lambda self, *a, **k: (calls.append(1), real(self, *a, **k))[1])
     assert generate(tiny, None, prompts, cfg, max_new_tokens=6, partial=partial, save_every_s=0) == whole
     assert len(calls) == 1  # only the batch that had not finished
+    monkeypatch.undo()
+    one_by_one = tmp_path / "timed.parquet"
+    start = time.perf_counter()
+    generate(tiny, None, prompts, EvaluationConfig(batch_size=1), max_new_tokens=6, partial=one_by_one, save_every_s=0)
+    # the seconds saved with the responses are the whole generation's, not the last batch's
+    assert pd.read_parquet(one_by_one)["elapsed_s"].iloc[0] >= 0.5 * (time.perf_counter() - start)
 
 
 def test_beam_search_runs_batched(tiny):
@@ -256,6 +263,18 @@ def test_evaluate_writes_results_and_reuses_them(tiny, tmp_path, monkeypatch):
     again = evaluate(tiny, None, _users(), TITLES, cfg, tmp_path, progress=False)
     assert again.metrics == result.metrics
     assert not list(tmp_path.glob("partial-generations-*"))  # the saved responses went into per_user.parquet
+
+
+def test_per_user_results_of_no_evaluation_of_ours_are_not_replaced(tiny, tmp_path):
+    from deft.errors import OutputExistsError
+
+    pd.DataFrame({"user": ["x"]}).to_parquet(tmp_path / "per_user.parquet")
+    cfg = EvaluationConfig(batch_size=2, ks=[1])
+    with pytest.raises(OutputExistsError, match=r"per_user\.parquet exists but no evaluation of DEFT's wrote it"):
+        evaluate(tiny, None, _users(), TITLES, cfg, tmp_path, progress=False)
+    assert list(pd.read_parquet(tmp_path / "per_user.parquet")["user"]) == ["x"]
+    result = evaluate(tiny, None, _users(), TITLES, cfg, tmp_path, progress=False, overwrite=True)
+    assert list(result.per_user["user"]) == ["u1", "u2", "u3"]
 
 
 def test_exclude_history_removes_every_seen_item_not_only_the_prompt(tiny, tmp_path):

@@ -14,7 +14,7 @@ from deft import training
 from deft.artifacts import read_json
 from deft.config import LoraConfig, TrainingConfig
 from deft.data.encoding import pad_batch
-from deft.errors import ArtifactMismatchError
+from deft.errors import ArtifactMismatchError, OutputExistsError
 from deft.models import load_target_llm
 from deft.training import encode_frame, epoch_batches, label_token_loss, lr_factor, mean_loss, train_lora
 
@@ -97,6 +97,24 @@ def test_finished_training_is_reused_and_a_mismatch_refused(tiny, tmp_path, monk
     assert train_lora(tiny, _frame(), None, LoraConfig(), _cfg(epochs=1), tmp_path, progress=False) == first
     with pytest.raises(ArtifactMismatchError, match="fingerprint"):
         train_lora(tiny, _frame(), None, LoraConfig(), _cfg(epochs=2), tmp_path, progress=False)
+
+
+def test_outputs_of_no_training_of_ours_are_not_replaced_silently(tiny, tmp_path, monkeypatch):
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")  # someone else's adapter
+    with pytest.raises(OutputExistsError, match=r"holds adapter from no training of DEFT's; use --overwrite"):
+        train_lora(tiny, _frame(), None, LoraConfig(), _cfg(epochs=1), tmp_path, progress=False)
+    assert (tmp_path / "adapter" / "adapter_config.json").read_text() == "{}"
+    done = train_lora(tiny, _frame(), None, LoraConfig(), _cfg(epochs=1), tmp_path, progress=False, overwrite=True)
+    assert (done.adapter_dir / "adapter_model.safetensors").is_file() and not (tmp_path / training.STARTED).exists()
+    # a run killed before its first checkpoint has claimed its directory: the rerun is not refused
+    monkeypatch.setattr(training, "label_token_loss", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        train_lora(tiny, _frame(), None, LoraConfig(), _cfg(epochs=1), tmp_path / "killed", progress=False)
+    monkeypatch.undo()
+    assert (tmp_path / "killed" / training.STARTED).is_file()
+    (tmp_path / "killed" / "train_log.json").write_text("[]")  # as a kill between two writes could leave
+    assert train_lora(tiny, _frame(), None, LoraConfig(), _cfg(epochs=1), tmp_path / "killed", progress=False).steps
 
 
 def test_resume_gives_the_same_adapter(tiny, tmp_path, monkeypatch):
