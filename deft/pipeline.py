@@ -125,7 +125,7 @@ class Pipeline:
 
     def samples_fp(self, data_fp: str) -> str:
         model = self.llm().fingerprint if self._needs_tokenizer() else None
-        return fingerprint({"data": data_fp, "data_cfg": to_dict(self.cfg.data), "samples": to_dict(self.cfg.samples),
+        return fingerprint({"data": data_fp, "data_cfg": _data_key(self.cfg.data), "samples": to_dict(self.cfg.samples),
                             "prompt": to_dict(self.cfg.prompt), "tokenizer": model})
 
     def stage_fp(self, stage: str, pool: Pool) -> str:
@@ -340,6 +340,19 @@ class Pipeline:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+
+
+def _data_key(cfg: Any) -> dict[str, Any]:
+    """The data settings in the pool's key. Where the files are is not: ``data_fp`` hashes their contents and
+    the resolved format, so moving the data, or spelling its path another way, keeps every cached stage. A
+    built-in dataset's name stays (it is what keys made before this change hold)."""
+    from deft.data.loaders import BUILTIN
+
+    key = to_dict(cfg)
+    if cfg.source not in BUILTIN:
+        for name in ("source", "items", "format"):
+            key.pop(name)
+    return key
 
 
 def _check_sample_columns(samples: pd.DataFrame) -> None:

@@ -279,3 +279,26 @@ def test_influence_kept_by_a_non_strict_failed_solve_is_refused_by_a_strict_run(
     assert "not converged" in result.output  # the warning
     result = CliRunner().invoke(app, [*args, "--config", str(strict)])
     assert result.exit_code == 1 and "cached influence scores" in result.output and "strict" in result.output
+
+
+def test_moving_the_data_keeps_the_pool_and_its_stages(pruned, tmp_path):
+    import os
+    import shutil
+
+    from deft.config import load_config
+    from deft.pipeline import Pipeline
+
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(TINY, moved)
+    keys = set()
+    for source in (TINY, TINY + "/", str(moved), os.path.relpath(moved)):
+        pipe = Pipeline(load_config(CONFIG, {"data.source": source}), tmp_path / "run")
+        keys.add(pipe.pool_from_source().fingerprint)
+    assert len(keys) == 1
+    out, _, _ = pruned  # the finished run, pointed at the moved copy: nothing is refused or recomputed
+    result = CliRunner().invoke(app, ["--quiet", "prune", str(moved), "--config", CONFIG, "--out", str(out),
+                                      "--budget", "6"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (moved / "tiny.item").write_text((moved / "tiny.item").read_text().replace("\t1987\t", "\t1988\t"))
+    changed = Pipeline(load_config(CONFIG, {"data.source": str(moved)}), tmp_path / "run2")
+    assert changed.pool_from_source().fingerprint not in keys  # the contents still count
