@@ -11,6 +11,7 @@ as safetensors plus tokenizer files, after which loading takes well under a seco
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import platform
@@ -203,13 +204,31 @@ def _load_hf(name: str, dtype: torch.dtype, trust_remote_code: bool) -> tuple[nn
 
 
 def directory_fingerprint(path: Path) -> str:
-    """Cheap identity of a model directory: config.json's content and each weight file's name, size, mtime."""
-    config = path / "config.json"
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
-    return fingerprint({
-        "config_sha256": file_sha256(config) if config.is_file() else None,
-        "weights": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files],
-    })
+    """Identity of a model directory by content, so a copy keeps its caches: every small file (config,
+    tokenizer, chat template: they change texts and token counts) hashed whole, each weight file by name, size
+    and three 1 MiB samples (head with the tensor index, middle, tail), since hashing gigabytes would cost more
+    than a cached stage saves."""
+    small, weights = {}, []
+    for p in sorted(path.iterdir()):
+        if not p.is_file() or p.name.startswith("."):
+            continue
+        if p.name.endswith(WEIGHT_SUFFIXES) or p.stat().st_size > SMALL_FILE:
+            weights.append([p.name, p.stat().st_size, _sampled_sha256(p)])
+        else:
+            small[p.name] = file_sha256(p)
+    return fingerprint({"files": small, "weights": weights})
+
+
+SMALL_FILE = 32 << 20  # tokenizer.json files run to ~20 MB
+
+
+def _sampled_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    size, h = path.stat().st_size, hashlib.sha256()
+    with open(path, "rb") as fh:
+        for offset in sorted({0, max(0, size // 2 - chunk // 2), max(0, size - chunk)}):
+            fh.seek(offset)
+            h.update(fh.read(chunk))
+    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------- SmolLM2

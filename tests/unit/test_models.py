@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from contextlib import nullcontext
 from importlib import metadata
@@ -103,6 +104,11 @@ def test_local_directory_loads_with_same_outputs(tiny, tmp_path):
     assert torch.allclose(local.model(_ids(local)).logits, tiny.model(_ids(tiny)).logits)
     first = local.fingerprint
     assert load_target_llm(str(tmp_path)).fingerprint == first
+    copy = shutil.copytree(tmp_path, tmp_path.parent / f"{tmp_path.name}-copy")  # new mtimes, same files
+    assert models.directory_fingerprint(copy) == first
+    tokenizer = copy / "tokenizer_config.json"
+    tokenizer.write_text(tokenizer.read_text().replace("{", '{"model_max_length": 77, ', 1))
+    assert models.directory_fingerprint(copy) != first  # the tokenizer changes the texts the caches hold
     (tmp_path / "config.json").write_text((tmp_path / "config.json").read_text().replace("48", "64", 1))
     assert models.directory_fingerprint(tmp_path) != first
 
