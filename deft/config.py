@@ -635,7 +635,24 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> De
             if raw[section] is None:
                 raw[section] = {}
             raw[section][key] = value
-    return from_dict(raw, file=path)
+    try:
+        return from_dict(raw, file=path)
+    except ConfigError as exc:
+        raise _blame_overrides(exc, list(overrides or {}), path) from None
+
+
+def _blame_overrides(exc: ConfigError, dotted: list[str], path: Path) -> ConfigError:
+    """Problems with values given on the command line say so, and the file is named only if it is to blame,
+    so that nobody searches a YAML file for a value it does not hold."""
+    problems, from_file = [], False
+    for problem in exc.problems:
+        tag = next((f"`{d}`" for d in dotted if f"`{d}`" in problem), None)
+        if tag is None:
+            from_file = True
+            problems.append(problem)
+        else:
+            problems.append(problem.replace(tag, f"{tag} (from the command line)", 1))
+    return ConfigError(problems, file=path if from_file else None)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

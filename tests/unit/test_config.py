@@ -130,7 +130,7 @@ def test_yaml_spellings_of_one_value_and_of_exponents(tmp_path):
     assert cfg.training.lr == 0.001 and cfg.selection.lambda_ == 0.5
     assert cfg.selection.budgets == [256] and cfg.lora.target_modules == ["q_proj"]
     assert cfg.evaluation.ks == [10] and cfg.experiment.seeds == [3]
-    with pytest.raises(ConfigError, match=r"`training.lr` must be a number, got 'fast'"):
+    with pytest.raises(ConfigError, match=r"`training.lr` \(from the command line\) must be a number, got 'fast'"):
         load_config(path, {"training.lr": "fast"})
 
 
@@ -139,3 +139,17 @@ def test_a_config_that_is_not_utf8_names_its_line(tmp_path):
     path.write_bytes("selection:\n  method: dealrec\n# Überblick\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=r"c\.yaml: line 3: not UTF-8 text \(byte 0xdc\)"):
         load_config(path)
+
+
+def test_a_bad_value_from_the_command_line_is_not_blamed_on_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("selection:\n  strata: 4\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {"selection.budgets": ["0.02"]})
+    assert str(info.value).startswith("`selection.budgets` (from the command line) must be positive integers")
+    assert info.value.file is None
+    path.write_text("selection:\n  strata: -4\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {"selection.budgets": ["0.02"]})
+    assert info.value.file == str(path) and "`selection.strata` must be" in str(info.value)
+    assert "`selection.budgets` (from the command line)" in str(info.value)
