@@ -28,7 +28,7 @@ from deft.artifacts import (
 )
 from deft.config import SCORE_NAMES, DeftConfig, resolve_budget, to_dict
 from deft.data.types import Split
-from deft.errors import ConfigError, DeftError
+from deft.errors import ConfigError, DeftError, OutputExistsError
 
 log = logging.getLogger(__name__)
 
@@ -166,14 +166,13 @@ class Pipeline:
     def check_plan(self, pool: Pool, names: list[str], method: str, budgets: list[int]) -> None:
         """Refuse, before any work, unknown scores, scores this pool cannot have, and a run directory whose
         finished stages were made with other settings."""
-        unknown = sorted(set(names) - set(SCORE_STAGE))
-        if unknown:
-            raise DeftError(f"unknown score {unknown}; known: {sorted(SCORE_STAGE)}", field="scores")
+        check_score_names(names)
         needs_users = set(method_stages(method, names)) & {"surrogate", "influence", "loss", "baselines"}
         if needs_users and pool.split.kind == "none":
             raise DeftError(f"{', '.join(sorted(needs_users))} (for {method}) need samples with columns user, history, "
                             "target_item: they score each sample with a sequential recommender trained on the users' "
                             "sequences; for plain instruction data use method 'effort_only' or 'random'")
+        _check_budgets_fit(pool, method, budgets, self.cfg.selection.hard_prune)
         for stage in method_stages(method, names):
             self.run.check_compatible(stage, self.stage_fp(stage, pool))
         for budget in budgets:
@@ -340,6 +339,26 @@ class Pipeline:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+
+
+def check_score_names(names: list[str]) -> None:
+    unknown = sorted(set(names) - set(SCORE_STAGE))
+    if unknown:
+        raise DeftError(f"unknown score {unknown}; known: {sorted(SCORE_STAGE)}", field="scores")
+
+
+def _check_budgets_fit(pool: Pool, method: str, budgets: list[int], hard_prune: float) -> None:
+    """Refused before hours of scoring: a budget larger than the pool, or than what the hard prune leaves the
+    coverage methods."""
+    from deft.selection import COVERAGE_METHODS, hard_prune_count
+
+    n = len(pool.samples)
+    pruned = hard_prune_count(n, hard_prune) if method in COVERAGE_METHODS else 0
+    why = f"the pool of {n}" + (f" minus the {pruned} that hard_prune={hard_prune:g} drops first" if pruned else "")
+    problems = [f"budget {b} exceeds the {n - pruned} samples {method} can take: {why}" for b in budgets
+                if b > n - pruned]
+    if problems:
+        raise ConfigError(problems)
 
 
 def _data_key(cfg: Any) -> dict[str, Any]:
@@ -550,6 +569,7 @@ def load_samples_file(path: str | Path) -> pd.DataFrame:
 
 def run_scores(cfg: DeftConfig, out: str | Path, names: list[str], *, overwrite: bool = False,
                progress: bool = True) -> Path:
+    check_score_names(names)  # before the pool is built: a typo should not cost a pass over the data
     pipe = Pipeline(cfg, out, overwrite=overwrite, progress=progress)
     pool = pipe.pool_from_source()
     pipe.check_plan(pool, names, "random", [])
@@ -578,7 +598,7 @@ def run_prune(cfg: DeftConfig, out: str | Path, *, overwrite: bool = False, prog
         # The file name depends on how many budgets the sweep has, so a finished stage may lack this file, and a
         # run with another single budget writes the same coreset.jsonl: its recorded hash tells whose it is.
         if not (pipe.run.is_done(stage, fp) and pipe.run.owns(stage, path)):
-            pipe.run.guard_output(path)
+            _guard_coreset(pipe.run, path)
             with pipe.run.stage(stage, fp) as cost:
                 write_jsonl(path, coreset_records(pool.samples, selection))
                 cost.extra["sha256"] = file_sha256(path)
@@ -598,6 +618,18 @@ def run_prune(cfg: DeftConfig, out: str | Path, *, overwrite: bool = False, prog
     surrogate_report = pipe.surrogate(pool)[2] if pipe._surrogate is not None else None
     report = write_prune_report(pipe.run.root, pool.samples, scores, selections, manifest, surrogate_report)
     return PruneResult(coresets, report, selections, scores, pool, valid)
+
+
+def _guard_coreset(run: RunDir, path: Path) -> None:
+    """Refuse to replace a coreset file unless overwriting; say whose it is when a stage of this run wrote it."""
+    if not path.exists() or run.overwrite:
+        return
+    owner = next((p.stem for p in sorted(run.path("stages").glob("selection-*.json")) if run.owns(p.stem, path)), None)
+    if owner is None:
+        run.guard_output(path)
+    raise OutputExistsError(f"{path} holds the coreset of budget {owner.removeprefix('selection-')} from an "
+                            "earlier run; use --overwrite to replace it (finished scores are kept and reused) or "
+                            "choose another --out", file=path)
 
 
 def _stratum_counts(selection: Any) -> list[dict[str, int]]:

@@ -221,11 +221,12 @@ def test_another_single_budget_does_not_replace_the_coreset_silently(tmp_path):
 
     assert prune("6").exit_code == 0 and rows() == 6
     refused = prune("4")
-    assert refused.exit_code != 0 and "coreset.jsonl exists; use --overwrite" in refused.output and rows() == 6
+    assert refused.exit_code != 0 and rows() == 6
+    assert "coreset.jsonl holds the coreset of budget 6 from an earlier run; use --overwrite" in refused.output
     assert prune("4", "--overwrite").exit_code == 0 and rows() == 4
     # budget 6's stage is finished, but the file it wrote is gone: refused, not reported as a 6-sample coreset
     refused = prune("6")
-    assert refused.exit_code != 0 and "coreset.jsonl exists" in refused.output and rows() == 4
+    assert refused.exit_code != 0 and "holds the coreset of budget 4" in refused.output and rows() == 4
     result = prune("6", "--overwrite")
     assert result.exit_code == 0 and rows() == 6 and "coreset (6 samples)" in result.output
     assert prune("6").exit_code == 0 and rows() == 6  # its own file again: reused as it is
@@ -302,3 +303,17 @@ def test_moving_the_data_keeps_the_pool_and_its_stages(pruned, tmp_path):
     (moved / "tiny.item").write_text((moved / "tiny.item").read_text().replace("\t1987\t", "\t1988\t"))
     changed = Pipeline(load_config(CONFIG, {"data.source": str(moved)}), tmp_path / "run2")
     assert changed.pool_from_source().fingerprint not in keys  # the contents still count
+
+
+def test_a_budget_the_pool_cannot_fill_is_refused_before_scoring(tmp_path):
+    out = tmp_path / "big"
+    result = CliRunner().invoke(app, ["--quiet", "prune", TINY, "--config", CONFIG, "--out", str(out),
+                                      "--budget", "100"])
+    assert result.exit_code != 0
+    assert "budget 100 exceeds the 20 samples dealrec can take: the pool of 22 minus the 2 that hard_prune=0.1" \
+        in result.output
+    assert not (out / "scores").exists() and not (out / "surrogate").exists()
+    result = CliRunner().invoke(app, ["--quiet", "score", TINY, "--config", CONFIG, "--out", str(tmp_path / "s"),
+                                      "--scores", "influence,efort"])
+    assert result.exit_code != 0 and "unknown score ['efort']" in result.output
+    assert not (tmp_path / "s").exists()
