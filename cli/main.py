@@ -155,7 +155,7 @@ def validate(config_path: str) -> None:
 def _prune_options(f):
     options = [
         click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory."),
-        click.option("--model", help="Target LLM: smollm2-135m (bundled), tiny-llama, or a local HF directory."),
+        click.option("--model", help="Target LLM: smollm2-135m (bundled), tiny-llama, a local HF directory or a hub id (org/name)."),
         click.option("--device", help="auto, cpu, cuda or cuda:N."),
         click.option("--overwrite", is_flag=True, help="Replace outputs made with other inputs or settings."),
     ]

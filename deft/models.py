@@ -11,6 +11,7 @@ as safetensors plus tokenizer files, after which loading takes well under a seco
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import logging
 import os
@@ -186,8 +187,23 @@ def _prepare(model: nn.Module, tokenizer: Any) -> None:
     model.eval()
 
 
+def _check_name(name: str) -> None:
+    """Fail at once, not after the hub's retries, on what can only be a typo or a missing directory."""
+    if Path(name).expanduser().exists():
+        return
+    kinds = (f"built-ins: {', '.join(BUILTIN_MODELS)}; or a local Hugging Face directory; or a hub id such as "
+             "HuggingFaceTB/SmolLM2-135M-Instruct")
+    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or "\\" in name:
+        raise ModelLoadError(f"model directory not found: {name!r} ({kinds})", field="model.name")
+    close = difflib.get_close_matches(name.lower(), BUILTIN_MODELS, n=1, cutoff=0.6)
+    if "/" not in name and close:
+        raise ModelLoadError(f"unknown model {name!r}: did you mean {close[0]!r}? ({kinds})", field="model.name")
+
+
 def _load_hf(name: str, dtype: torch.dtype, trust_remote_code: bool) -> tuple[nn.Module, Any, str]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _check_name(name)
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from contextlib import nullcontext
@@ -114,8 +115,22 @@ def test_local_directory_loads_with_same_outputs(tiny, tmp_path):
 
 
 def test_unknown_model_is_a_load_error(tmp_path):
+    (tmp_path / "empty").mkdir()
     with pytest.raises(ModelLoadError, match="cannot load model"):
-        load_target_llm(str(tmp_path / "nowhere"))
+        load_target_llm(str(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("smollm2", "unknown model 'smollm2': did you mean 'smollm2-135m'?"),
+    ("Tiny_Llama", "did you mean 'tiny-llama'?"),
+    ("./models/mine", "model directory not found: './models/mine'"),
+])
+def test_a_mistyped_model_fails_at_once_without_asking_the_hub(name, message, monkeypatch):
+    import transformers
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: pytest.fail("asked the hub"))
+    with pytest.raises(ModelLoadError, match=re.escape(message)):
+        load_target_llm(name)
 
 
 def test_attach_lora_changes_adapters_not_base(tiny):
