@@ -138,15 +138,26 @@ def data_describe(source: str, config_path, fmt, items, split, construction, max
 @app.command()
 @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
 def validate(config_path: str) -> None:
-    """Check a YAML config without running it; reports every problem at once.
+    """Check a YAML config without running it: every field, and that its data source and model are there.
 
     \b
     Example: deft validate configs/bench/ml100k-cpu.yaml
     """
     from deft.config import load_config
+    from deft.data.loaders import resolve_source
+    from deft.errors import ConfigError, DeftError
+    from deft.models import check_model_name
 
-    load_config(config_path)
-    click.echo(f"{config_path}: ok")
+    cfg = load_config(config_path)
+    problems = []
+    for check, arg in ((resolve_source, cfg.data), (check_model_name, cfg.model.name)):
+        try:
+            check(arg)
+        except DeftError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError(problems, file=config_path)
+    click.echo(f"{config_path}: ok (data source and model found)")
 
 
 # ----------------------------------------------------------------------------------------------- prune / score

@@ -187,6 +187,15 @@ def _prepare(model: nn.Module, tokenizer: Any) -> None:
     model.eval()
 
 
+def check_model_name(name: str) -> None:
+    """What can be checked of ``model.name`` without loading it: a built-in's package is installed, a path
+    exists, a bare name is not a typo of a built-in. Raises MissingAssetError / ModelLoadError."""
+    if name == SMOLLM2:
+        smollm2_gguf_path()
+    elif name != TINY_LLAMA:
+        _check_name(name)
+
+
 def _check_name(name: str) -> None:
     """Fail at once, not after the hub's retries, on what can only be a typo or a missing directory."""
     if Path(name).expanduser().exists():

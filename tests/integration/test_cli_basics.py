@@ -42,7 +42,16 @@ def test_validate_reports_every_problem(tmp_path):
 
 def test_validate_ok():
     result = invoke("validate", str(ROOT / "configs" / "demo.yaml"))
-    assert result.exit_code == 0 and result.output.strip().endswith(": ok")
+    assert result.exit_code == 0 and result.output.strip().endswith(": ok (data source and model found)")
+
+
+def test_validate_looks_for_the_data_and_the_model(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"data:\n  source: {tmp_path / 'nowhere'}\nmodel:\n  name: smollm2\n")
+    result = invoke("validate", str(bad))
+    assert result.exit_code == 1 and "2 problems" in result.output
+    assert "field 'data.source': data source not found" in result.output
+    assert "did you mean 'smollm2-135m'?" in result.output
 
 
 def test_missing_source_is_one_line_error(tmp_path):
