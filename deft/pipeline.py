@@ -177,6 +177,20 @@ class Pipeline:
             self.run.check_compatible(stage, self.stage_fp(stage, pool))
         for budget in budgets:
             self.run.check_compatible(f"selection-{budget}", self.selection_fp(pool, names, method, budget))
+        self._warn_long_effort(pool, method, names)
+
+    def _warn_long_effort(self, pool: Pool, method: str, names: list[str]) -> None:
+        """Say before it starts that the effort pass will take hours (its own progress bar comes only after the
+        surrogate and influence stages)."""
+        n = len(pool.samples)
+        if "effort" not in method_stages(method, names) or n <= LARGE_CPU_POOL or self.llm().device.type != "cpu":
+            return
+        if self.run.is_done("effort", self.stage_fp("effort", pool)):
+            return
+        log.warning("the effort pass runs the target LLM forward and backward on each of the %s pool samples: on "
+                    "this CPU that takes hours (SmolLM2-135M on 2 cores: ~0.7 s a sample, so ~%.0f h). It resumes "
+                    "if interrupted; for a smaller pool use --construction last_per_user or --stride N",
+                    f"{n:,}", n * 0.7 / 3600)
 
     # ------------------------------------------------------------------------------------------- stages
 
@@ -339,6 +353,9 @@ class Pipeline:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+
+
+LARGE_CPU_POOL = 20_000  # samples: above this, an effort pass on a CPU is announced with its rough duration
 
 
 def check_score_names(names: list[str]) -> None:

@@ -317,3 +317,19 @@ def test_a_budget_the_pool_cannot_fill_is_refused_before_scoring(tmp_path):
                                       "--scores", "influence,efort"])
     assert result.exit_code != 0 and "unknown score ['efort']" in result.output
     assert not (tmp_path / "s").exists()
+
+
+def test_a_long_effort_pass_on_a_cpu_is_announced_once(tmp_path, monkeypatch, caplog):
+    import deft.pipeline
+    from deft.config import load_config
+
+    monkeypatch.setattr(deft.pipeline, "LARGE_CPU_POOL", 5)
+    cfg = load_config(CONFIG, {"data.source": TINY, "selection.budgets": [6]})
+    for announced in (True, False):  # the second time the effort stage is done: nothing to announce
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="deft.pipeline"):
+            deft.pipeline.run_prune(cfg, tmp_path / "run", progress=False)
+        lines = [r.getMessage() for r in caplog.records if "effort pass" in r.getMessage()]
+        assert bool(lines) == announced
+        assert not lines or lines[0].startswith("the effort pass runs the target LLM forward and backward on each "
+                                                "of the 22 pool samples")
