@@ -178,34 +178,59 @@ def _prune_options(f):
     return f
 
 
+SAMPLES_HELP = ("A file of samples to score instead of SOURCE: JSONL/Parquet with instruction, input, output "
+                "(plus user, history, target_item for the surrogate-based scores), e.g. any instruction dataset.")
+
+
+def _samples_or_source(source: str | None, samples_path: str | None, data_options: dict[str, Any]):
+    """The samples table given with --samples, or None for SOURCE; exactly one of the two."""
+    if (source is None) == (samples_path is None):
+        raise click.UsageError("give either SOURCE (interactions to build samples from) or --samples FILE")
+    if samples_path is None:
+        return None
+    given = [f"--{k.replace('_', '-')}" for k, v in data_options.items() if v is not None]
+    if given:
+        raise click.UsageError(f"{', '.join(given)} shape the samples built from SOURCE; --samples gives them ready")
+    from deft.pipeline import load_samples_file
+
+    return load_samples_file(samples_path)
+
+
 @app.command()
-@click.argument("source")
+@click.argument("source", required=False)
 @_data_options
 @_prune_options
+@click.option("--samples", "samples_path", type=click.Path(dir_okay=False), help=SAMPLES_HELP)
 @click.option("--scores", "score_names", default="influence,effort", show_default=True,
               help="Comma-separated: influence, effort, grand, el2n, loss.")
 @click.pass_context
 def score(ctx, source, config_path, fmt, items, split, construction, max_history, stride, out, model, device,
-          overwrite, score_names) -> None:
+          overwrite, samples_path, score_names) -> None:
     """Compute per-sample scores into OUT/scores.parquet (reuses a matching surrogate and finished shards).
 
     \b
     Example: deft score ml-100k --scores influence,effort --stride 10 --out runs/scores
+             deft score --samples my_instructions.jsonl --scores effort --out runs/scores
     """
     from deft.pipeline import run_scores
 
-    overrides = _data_overrides(source, fmt, items, split, construction, max_history, stride)
+    samples = _samples_or_source(source, samples_path, {"format": fmt, "items": items, "split": split,
+                                                        "construction": construction, "max_history": max_history,
+                                                        "stride": stride})
+    overrides = _data_overrides(source, fmt, items, split, construction, max_history, stride) if samples is None else {}
     overrides.update({"model.name": model, "model.device": device})
     cfg = _config(config_path, overrides)
     names = [s.strip() for s in score_names.split(",") if s.strip()]
-    path = run_scores(cfg, out, names, overwrite=overwrite, progress=not ctx.obj["quiet"])
+    path = run_scores(cfg, out, names, overwrite=overwrite, progress=not ctx.obj["quiet"], samples=samples)
     click.echo(f"scores: {path}")
 
 
 @app.command()
-@click.argument("source")
+@click.argument("source", required=False)
 @_data_options
 @_prune_options
+@click.option("--samples", "samples_path", type=click.Path(dir_okay=False),
+              help=SAMPLES_HELP.replace("to score", "to prune"))
 @click.option("--budget", "budgets", multiple=True,
               help="Coreset size: a count (256) or a share of the pool (2%). Repeat for a sweep.")
 @click.option("--method", type=click.Choice(["dealrec", "random", "greedy", "ccs", "influence_only", "effort_only",
@@ -216,24 +241,28 @@ def score(ctx, source, config_path, fmt, items, split, construction, max_history
 @click.option("--seed", type=int, help="Selection seed.")
 @click.pass_context
 def prune(ctx, source, config_path, fmt, items, split, construction, max_history, stride, out, model, device,
-          overwrite, budgets, method, lambda_, strata, hard_prune, seed) -> None:
+          overwrite, samples_path, budgets, method, lambda_, strata, hard_prune, seed) -> None:
     """Curate a dataset: samples, surrogate, influence, effort, selection -> OUT/coreset*.jsonl + report.md.
 
     \b
     Example: deft prune ml-100k --stride 10 --budget 256 --budget 2% --out runs/ml100k
+             deft prune --samples my_instructions.jsonl --method effort_only --budget 5% --out runs/mine
 
     The pool's size sets the cost: ML-100K's default windows (stride 1) are 97,171 samples, hours of effort
     scoring on a CPU; --stride 10 gives 10,132, --construction last_per_user 943.
     """
     from deft.pipeline import run_prune
 
-    overrides = _data_overrides(source, fmt, items, split, construction, max_history, stride)
+    samples = _samples_or_source(source, samples_path, {"format": fmt, "items": items, "split": split,
+                                                        "construction": construction, "max_history": max_history,
+                                                        "stride": stride})
+    overrides = _data_overrides(source, fmt, items, split, construction, max_history, stride) if samples is None else {}
     overrides.update({"model.name": model, "model.device": device, "selection.method": method,
                       "selection.lambda_": lambda_, "selection.strata": strata, "selection.hard_prune": hard_prune,
                       "selection.seed": seed,
                       "selection.budgets": [int(b) if b.strip().isdigit() else b for b in budgets] or None})
     cfg = _config(config_path, overrides)
-    result = run_prune(cfg, out, overwrite=overwrite, progress=not ctx.obj["quiet"])
+    result = run_prune(cfg, out, overwrite=overwrite, progress=not ctx.obj["quiet"], samples=samples)
     for budget, path in result.coresets.items():
         click.echo(f"coreset ({budget} samples): {path}")
     if result.valid is not None:

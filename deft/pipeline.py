@@ -585,10 +585,11 @@ def load_samples_file(path: str | Path) -> pd.DataFrame:
 
 
 def run_scores(cfg: DeftConfig, out: str | Path, names: list[str], *, overwrite: bool = False,
-               progress: bool = True) -> Path:
+               progress: bool = True, samples: pd.DataFrame | None = None) -> Path:
+    """Scores of the pool built from ``cfg.data`` (or of ``samples``, a table of samples) into scores.parquet."""
     check_score_names(names)  # before the pool is built: a typo should not cost a pass over the data
     pipe = Pipeline(cfg, out, overwrite=overwrite, progress=progress)
-    pool = pipe.pool_from_source()
+    pool = pipe.pool_from_source() if samples is None else pipe.pool_from_frame(samples)
     pipe.check_plan(pool, names, "random", [])
     pipe.score(pool, names)
     pipe.run.write_manifest(config=to_dict(cfg), data_fingerprint=pool.data_fingerprint,

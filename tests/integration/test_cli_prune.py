@@ -333,3 +333,29 @@ def test_a_long_effort_pass_on_a_cpu_is_announced_once(tmp_path, monkeypatch, ca
         assert bool(lines) == announced
         assert not lines or lines[0].startswith("the effort pass runs the target LLM forward and backward on each "
                                                 "of the 22 pool samples")
+
+
+def test_prune_and_score_a_file_of_instruction_samples(tmp_path):
+    rows = [{"id": f"q{i}", "instruction": "Answer briefly.", "input": f"What is {i} plus {i}?",
+             "output": f"{2 * i}"} for i in range(12)]
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(json.dumps({"sample_id": r.pop("id"), **r}) + "\n" for r in rows))
+    base = ["--quiet", "prune", "--samples", str(path), "--model", "tiny-llama", "--device", "cpu"]
+    result = CliRunner().invoke(app, [*base, "--method", "effort_only", "--budget", "4", "--out",
+                                      str(tmp_path / "p")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    coreset = [json.loads(line) for line in (tmp_path / "p" / "coreset.jsonl").read_text().splitlines()]
+    given = {json.loads(line)["sample_id"]: json.loads(line) for line in path.read_text().splitlines()}
+    assert len(coreset) == 4 and all({k: c[k] for k in given[c["sample_id"]]} == given[c["sample_id"]]
+                                     for c in coreset)
+    result = CliRunner().invoke(app, ["--quiet", "score", "--samples", str(path), "--model", "tiny-llama",
+                                      "--scores", "effort", "--out", str(tmp_path / "s")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    scores = pd.read_parquet(tmp_path / "s" / "scores.parquet")
+    assert list(scores["sample_id"]) == list(given) and scores["effort"].gt(0).all()
+    out = ["--out", str(tmp_path / "x")]
+    for args, message in ((["prune", *out], "either SOURCE"),  # neither
+                          (["prune", TINY, "--samples", str(path), *out], "either SOURCE"),  # both
+                          (["prune", "--samples", str(path), "--stride", "2", *out], "--stride shape the samples")):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2 and message in result.output, result.output
