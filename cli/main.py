@@ -18,7 +18,16 @@ log = logging.getLogger("deft")
 
 
 class DeftGroup(click.Group):
-    """Turns a DeftError into one `error: ...` line and exit code 1 (full traceback with --debug)."""
+    """Turns a DeftError into one `error: ...` line and exit code 1 (full traceback with --debug). Every command
+    also takes the global --quiet and --debug after its name (`deft prune … --quiet`), as people type them."""
+
+    group_class = type  # subgroups (deft data) are DeftGroups too
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not isinstance(cmd, click.Group):
+            cmd.params.extend(click.Option([f"--{flag}"], is_flag=True, expose_value=False, callback=_late_flag,
+                                           help=f"Same as `deft --{flag} COMMAND`.") for flag in ("quiet", "debug"))
+        super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -28,6 +37,13 @@ class DeftGroup(click.Group):
                 raise
             click.echo(f"error: {exc}", err=True)
             ctx.exit(1)
+
+
+def _late_flag(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """--quiet / --debug given after the command: the same as before it."""
+    if value and ctx.obj is not None:
+        ctx.obj[param.name] = True
+        _setup_logging(ctx.obj.get("quiet", False), ctx.obj.get("debug", False))
 
 
 def _setup_logging(quiet: bool, debug: bool) -> None:

@@ -65,6 +65,16 @@ def test_debug_shows_traceback(tmp_path):
     assert result.exit_code != 0 and result.exception is not None
 
 
+def test_global_flags_work_after_the_command_too(tmp_path):
+    from deft.errors import DataFormatError
+
+    result = CliRunner().invoke(app, ["data", "describe", str(tmp_path / "nowhere"), "--debug"])
+    assert isinstance(result.exception, DataFormatError)  # raised with its traceback, not one line
+    result = CliRunner().invoke(app, ["validate", str(ROOT / "configs" / "demo.yaml"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "Same as `deft --quiet COMMAND`" in invoke("prune", "--help").output
+
+
 def test_python_dash_m_deft_runs():
     import subprocess
     import sys
