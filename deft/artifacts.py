@@ -283,6 +283,16 @@ def package_versions() -> dict[str, str]:
 # ----------------------------------------------------------------------------------------------- run directory
 
 
+# Names a run directory's own outputs take; files of other names in an --out directory are left alone.
+RUN_OUTPUTS = ("samples.parquet", "scores.parquet", "scores", "surrogate", "effort", "valid.jsonl", "report.md",
+               "results.md", "results.json", "arms", "cache", "tune", "tune.md", "tune.json")
+
+
+def _deft_name(name: str) -> bool:
+    return name in RUN_OUTPUTS or (name.startswith("coreset") and name.endswith(".jsonl")) or (
+        name.endswith(".png") and not name.startswith("."))
+
+
 class RunDir:
     """An output directory whose stages are cached by fingerprint.
 
@@ -298,13 +308,17 @@ class RunDir:
         self._refuse_foreign()
 
     def _refuse_foreign(self) -> None:
-        """A non-empty directory that holds no DEFT run is someone else's: its files could share our names."""
+        """A directory holding files under the names DEFT writes, but no DEFT run (``stages/``, created before
+        a run's first output, or ``manifest.json``), is someone else's: refuse to write over them. Other files
+        (a log, a copied config, dotfiles) are no obstacle."""
         root = self.root
         if self.overwrite or not root.is_dir() or (root / "stages").is_dir() or (root / "manifest.json").is_file():
             return
-        if any(root.iterdir()):
-            raise OutputExistsError(f"{root} is not empty and holds no DEFT run (no stages/ or manifest.json); "
-                                    "choose another --out, or use --overwrite to write into it", file=root)
+        ours = sorted(p.name for p in root.iterdir() if _deft_name(p.name))
+        if ours:
+            raise OutputExistsError(f"holds {', '.join(ours[:5])} but no DEFT run (no stages/ or "
+                                    "manifest.json); choose another --out, or use --overwrite to write over them",
+                                    file=root)
 
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
@@ -341,11 +355,11 @@ class RunDir:
         A stage that resumed work saved by an earlier, interrupted run reports those seconds in
         ``cost.extra["earlier_wall_s"]``; they are added to ``wall_s`` so the ledger charges the whole stage.
         """
-        old = self.stage_meta(name)
-        if old is not None and old.get("done"):
-            # The block may replace this stage's outputs; killed midway, it must not leave them under the old
-            # record, which a run with the old settings would then trust.
-            write_json(self._meta_path(name), {**old, "done": False})
+        # Recorded as pending before the block writes anything: a kill midway leaves this stage not done (a
+        # run with older settings must not trust half-replaced outputs) and the directory claimed as a DEFT run,
+        # with the fingerprint its outputs were being made for.
+        write_json(self._meta_path(name), {**(self.stage_meta(name) or {}), "stage": name, "fingerprint": fp,
+                                           "done": False})
         with measure() as cost:
             yield cost
         wall_s = round(cost.wall_s + float(cost.extra.get("earlier_wall_s", 0.0)), 3)

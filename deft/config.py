@@ -519,7 +519,7 @@ def _type_ok(value: Any, hint: Any) -> bool:
         return any(_type_ok(value, arg) for arg in typing.get_args(hint))
     if origin is list:
         (arg,) = typing.get_args(hint)
-        return isinstance(value, list) and all(_type_ok(v, arg) for v in value)
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, arg) for v in value)  # tuples: built in Python
     if hint is bool:
         return isinstance(value, bool)
     if hint is int:

@@ -544,8 +544,13 @@ def evaluate(loaded: LoadedModel, adapter_dir: str | Path | None, users: pd.Data
         raise OutputExistsError(f"{theirs} exists but no evaluation of DEFT's wrote it; use --overwrite to replace "
                                 "it or choose another --out", file=theirs)
     for stale in out_dir.glob("partial-generations-*.parquet"):
-        if stale != partial:
-            stale.unlink()
+        if stale == partial:
+            continue
+        if not overwrite:  # an interrupted evaluation with other inputs or settings: its responses are work
+            raise ArtifactMismatchError(f"{stale.name} holds the responses of an unfinished evaluation with other "
+                                        f"inputs or settings; rerun that one, or use --overwrite to discard them",
+                                        file=out_dir)
+        stale.unlink()
     earlier_s = partial_elapsed_s(partial)  # charged to this evaluation's wall time, as a resumed stage's are
     generated = generate(loaded, adapter_dir, prompts, eval_cfg, max_new, progress=progress, partial=partial)
     item_ids, item_emb = item_embeddings(loaded, titles, out_dir if cache_dir is None else cache_dir,

@@ -189,7 +189,8 @@ class Pipeline:
             return
         log.warning("the effort pass runs the target LLM forward and backward on each of the %s pool samples: on "
                     "this CPU that takes hours (SmolLM2-135M on 2 cores: ~0.7 s a sample, so ~%.0f h). It resumes "
-                    "if interrupted; for a smaller pool use --construction last_per_user or --stride N",
+                    "if interrupted; for a smaller pool use --construction last_per_user or --stride N (in a config, "
+                    "samples.construction or samples.stride)",
                     f"{n:,}", n * 0.7 / 3600)
 
     # ------------------------------------------------------------------------------------------- stages
@@ -616,7 +617,7 @@ def run_prune(cfg: DeftConfig, out: str | Path, *, overwrite: bool = False, prog
         # The file name depends on how many budgets the sweep has, so a finished stage may lack this file, and a
         # run with another single budget writes the same coreset.jsonl: its recorded hash tells whose it is.
         if not (pipe.run.is_done(stage, fp) and pipe.run.owns(stage, path)):
-            _guard_coreset(pipe.run, path)
+            _guard_coreset(pipe.run, path, stage, fp)
             with pipe.run.stage(stage, fp) as cost:
                 write_jsonl(path, coreset_records(pool.samples, selection))
                 cost.extra["sha256"] = file_sha256(path)
@@ -638,11 +639,16 @@ def run_prune(cfg: DeftConfig, out: str | Path, *, overwrite: bool = False, prog
     return PruneResult(coresets, report, selections, scores, pool, valid)
 
 
-def _guard_coreset(run: RunDir, path: Path) -> None:
-    """Refuse to replace a coreset file unless overwriting; say whose it is when a stage of this run wrote it."""
+def _guard_coreset(run: RunDir, path: Path, stage: str, fp: str) -> None:
+    """Refuse to replace a coreset file unless overwriting; say whose it is when a stage of this run wrote it.
+    A file no stage owns is this stage's own when a run killed before recording it left this stage pending
+    with these settings."""
     if not path.exists() or run.overwrite:
         return
     owner = next((p.stem for p in sorted(run.path("stages").glob("selection-*.json")) if run.owns(p.stem, path)), None)
+    pending = run.stage_meta(stage) or {}
+    if owner is None and not pending.get("done") and pending.get("fingerprint") == fp:
+        return
     if owner is None:
         run.guard_output(path)
     raise OutputExistsError(f"{path} holds the coreset of budget {owner.removeprefix('selection-')} from an "

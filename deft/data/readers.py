@@ -13,7 +13,6 @@ import csv
 import gzip
 import json
 import logging
-import math
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -240,7 +239,7 @@ def parse_titles(table: Table, item_column: str, title_column: str, label: str =
     """
     items = parse_ids(table, item_column, label)
     raw = table.frame[title_column]
-    bad = ~raw.map(lambda v: isinstance(v, str) or v is None or (isinstance(v, float) and math.isnan(v))).to_numpy()
+    bad = ~raw.map(lambda v: isinstance(v, str) or (pd.api.types.is_scalar(v) and pd.isna(v))).to_numpy()
     if bad.any():
         pos = int(np.argmax(bad))
         value = raw.iloc[pos].tolist() if hasattr(raw.iloc[pos], "tolist") else raw.iloc[pos]  # numpy -> Python
@@ -345,6 +344,11 @@ def _csv_table(path: Path, wanted: Sequence[str], optional: Sequence[str]) -> Ta
     table = read_text_table(path, sep=",", header=False, quoted=True)
     frame = table.frame
     frame.columns = [str(c).strip() for c in frame.iloc[0]] if len(frame) else header
+    names = list(frame.columns)
+    twice = next((c for c in names if c in keep and names.count(c) > 1), None)
+    if twice is not None:  # which of the two holds the data is anyone's guess
+        raise DataFormatError(f"column {twice!r} appears {names.count(twice)} times in the header", file=path,
+                              line=1, field=twice)
     frame = frame.iloc[1:]
     return Table(frame[[c for c in frame.columns if c in keep]], path, "line")
 

@@ -238,7 +238,7 @@ def test_a_directory_of_other_files_is_not_written_into(tmp_path):
     (out / "report.md").write_text("someone's notes")
     args = ["--quiet", "prune", TINY, "--config", CONFIG, "--out", str(out), "--method", "random", "--budget", "6"]
     refused = CliRunner().invoke(app, args)
-    assert refused.exit_code != 0 and "holds no DEFT run" in refused.output
+    assert refused.exit_code != 0 and "holds report.md but no DEFT run" in refused.output
     assert sorted(p.name for p in out.iterdir()) == ["report.md"]
     assert CliRunner().invoke(app, [*args, "--overwrite"]).exit_code == 0 and (out / "coreset.jsonl").is_file()
 
@@ -359,3 +359,24 @@ def test_prune_and_score_a_file_of_instruction_samples(tmp_path):
                           (["prune", "--samples", str(path), "--stride", "2", *out], "--stride shape the samples")):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_a_prune_killed_between_its_coreset_and_its_record_reruns_without_overwrite(tmp_path, monkeypatch):
+    import deft.pipeline
+
+    out = tmp_path / "run"
+    real = deft.pipeline.write_jsonl
+
+    def write_then_die(path, records):
+        real(path, records)
+        if Path(path).name == "coreset.jsonl":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(deft.pipeline, "write_jsonl", write_then_die)
+    killed = CliRunner().invoke(app, ["--quiet", "prune", TINY, "--config", CONFIG, "--out", str(out), "--budget",
+                                      "6", "--method", "random"])
+    assert killed.exit_code != 0 and (out / "coreset.jsonl").is_file()  # click turns the interrupt into Abort
+    monkeypatch.undo()
+    result = _prune(out, "--method", "random")
+    assert result.exit_code == 0, result.output
+    assert len((out / "coreset.jsonl").read_text().splitlines()) == 6

@@ -328,3 +328,20 @@ def test_effort_scores_and_runs_are_keyed_by_precision(tmp_path):
         assert (pipe.llm().numerics_key() == {}) == (autocast == "off")
     assert fps["off"] != fps["bf16"]
     assert not set(arms["off"]) & set(arms["bf16"])  # random and full too: a finished record is not served
+
+
+def test_cache_keys_do_not_change_by_accident(tmp_path):
+    """Finished stages and runs in users' directories (the CPU benchmark's among them) are found by these keys.
+    A change that moves them retires all of that work: make it on purpose (a CODE_VERSIONS bump, a legacy key
+    accepted) and then update the values here."""
+    from deft.config import load_config
+    from deft.experiment import _arm_fingerprint, plan_runs
+    from deft.pipeline import Pipeline
+
+    cfg = load_config(ROOT / "configs" / "bench" / "tiny.yaml")
+    pipe = Pipeline(cfg, tmp_path)
+    pool = pipe.pool_from_source()
+    assert pool.fingerprint == "4f9f451c156b6e4b"
+    assert (pipe.stage_fp("effort", pool), pipe.stage_fp("influence", pool)) == ("8adf3e0c31c648ba", "8d9736a6db7b18f0")
+    runs = {run.key: _arm_fingerprint(pipe, pool, run) for run in plan_runs(cfg, len(pool.samples))}
+    assert (runs["random-6-s0"], runs["dealrec-6-s0"]) == ("e7a69179c49ef3ee", "fa4c0114bec5f9b5")

@@ -69,6 +69,27 @@ def test_a_stage_redone_and_killed_midway_is_no_longer_done_under_its_old_key(tm
     assert not RunDir(tmp_path).is_done("scores", "new")
 
 
+def test_a_directory_of_other_files_is_refused_only_where_names_collide(tmp_path):
+    from deft.errors import OutputExistsError
+
+    (tmp_path / "run.log").write_text("log")  # `deft run … > OUT/run.log`
+    (tmp_path / ".gitkeep").write_text("")
+    RunDir(tmp_path)
+    (tmp_path / "report.md").write_text("someone's notes")
+    with pytest.raises(OutputExistsError, match=r"holds report\.md but no DEFT run"):
+        RunDir(tmp_path)
+    RunDir(tmp_path, overwrite=True)
+
+
+def test_a_run_killed_inside_its_first_stage_has_claimed_its_directory(tmp_path):
+    run = RunDir(tmp_path)
+    with pytest.raises(KeyboardInterrupt), run.stage("samples", "fp"):
+        write_parquet(run.path("samples.parquet"), pd.DataFrame({"s": [1.0]}))
+        raise KeyboardInterrupt
+    again = RunDir(tmp_path)  # not refused as someone else's directory
+    assert not again.is_done("samples", "fp") and again.stage_meta("samples")["fingerprint"] == "fp"
+
+
 def test_guard_output_and_manifest(tmp_path):
     run = RunDir(tmp_path)
     (tmp_path / "coreset.jsonl").write_text("{}\n")

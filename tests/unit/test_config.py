@@ -153,3 +153,10 @@ def test_a_bad_value_from_the_command_line_is_not_blamed_on_the_file(tmp_path):
         load_config(path, {"selection.budgets": ["0.02"]})
     assert info.value.file == str(path) and "`selection.strata` must be" in str(info.value)
     assert "`selection.budgets` (from the command line)" in str(info.value)
+
+
+def test_tuples_in_a_config_built_in_python_are_lists():
+    from deft.config import EvaluationConfig, LoraConfig
+
+    cfg = validate(DeftConfig(lora=LoraConfig(target_modules=("q_proj", "v_proj")), evaluation=EvaluationConfig(ks=(10, 20))))
+    assert list(cfg.evaluation.ks) == [10, 20]

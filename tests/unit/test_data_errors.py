@@ -152,6 +152,23 @@ def test_a_title_that_is_not_text_names_its_row(tmp_path: Path, titles: list, sh
         load(tmp_path)
 
 
+def test_a_missing_title_in_a_string_column_follows_missing_titles(tmp_path: Path) -> None:
+    import pandas as pd
+
+    pd.DataFrame({"user": ["1", "1"], "item": ["a", "b"], "timestamp": [1, 2]}).to_parquet(
+        tmp_path / "interactions.parquet")
+    pd.DataFrame({"item": ["a", "b"], "title": pd.array(["Alpha", None], dtype="string")}).to_parquet(
+        tmp_path / "items.parquet")
+    assert load(tmp_path, missing_titles="drop").titles == {"a": "Alpha"}
+
+
+def test_a_wanted_csv_column_twice_in_the_header(tmp_path: Path) -> None:
+    (tmp_path / "interactions.csv").write_text("user,item,item,timestamp\n1,a,b,1\n")
+    (tmp_path / "items.csv").write_text("item,title\na,Alpha\nb,Beta\n")
+    with pytest.raises(DataFormatError, match=r"interactions\.csv line 1: column 'item' appears 2 times"):
+        load(tmp_path)
+
+
 def test_a_repeated_item_with_another_title_is_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "interactions.csv").write_text("user,item,timestamp\n1,a,1\n1,b,2\n")
     (tmp_path / "items.csv").write_text("item,title\na,Alpha\nb,Beta\na,Alpha\nb,Beta II\n")

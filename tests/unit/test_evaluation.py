@@ -277,6 +277,19 @@ def test_per_user_results_of_no_evaluation_of_ours_are_not_replaced(tiny, tmp_pa
     assert list(result.per_user["user"]) == ["u1", "u2", "u3"]
 
 
+def test_responses_of_another_unfinished_evaluation_are_not_discarded(tiny, tmp_path):
+    from deft.errors import ArtifactMismatchError
+
+    theirs = tmp_path / "partial-generations-0123456789abcdef.parquet"
+    pd.DataFrame({"index": [0], "text": ["Heat"], "elapsed_s": [3600.0]}).to_parquet(theirs)
+    cfg = EvaluationConfig(batch_size=2, ks=[1])
+    with pytest.raises(ArtifactMismatchError, match="responses of an unfinished evaluation with other inputs"):
+        evaluate(tiny, None, _users(), TITLES, cfg, tmp_path, progress=False)
+    assert theirs.is_file()
+    evaluate(tiny, None, _users(), TITLES, cfg, tmp_path, progress=False, overwrite=True)
+    assert not theirs.exists()
+
+
 def test_exclude_history_removes_every_seen_item_not_only_the_prompt(tiny, tmp_path):
     users = _users().assign(seen=[["i1", "i2", "i3"], ["i2", "i4"], ["i1", "i4"]])
     cfg = EvaluationConfig(batch_size=2, ks=[1, 2], exclude_history=True)
