@@ -372,7 +372,8 @@ class RunDir:
         out = {}
         for p in sorted((self.root / "stages").glob("*.json")):
             meta = read_json(p)
-            out[meta["stage"]] = {k: meta[k] for k in ("wall_s", "peak_mb", "cuda_peak_mb") if k in meta}
+            if meta.get("done"):  # a pending stage's record may still hold an earlier run's costs
+                out[meta["stage"]] = {k: meta[k] for k in ("wall_s", "peak_mb", "cuda_peak_mb") if k in meta}
         return out
 
     def guard_output(self, path: str | Path) -> None:
