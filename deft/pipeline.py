@@ -251,7 +251,8 @@ class Pipeline:
         for stage in dict.fromkeys(SCORE_STAGE[n] for n in names):
             frames.append(self._score_stage(stage, pool).drop(columns="sample_id"))
         scores = pd.concat(frames, axis=1)
-        merged = _merge_scores(self.run.path("scores.parquet"), scores)
+        done = {c for c in SCORE_STAGE if (self.run.stage_meta(SCORE_STAGE[c]) or {}).get("done")}
+        merged = _merge_scores(self.run.path("scores.parquet"), scores, keep=done)
         if merged is not None:
             write_parquet(self.run.path("scores.parquet"), merged)
         return scores
@@ -433,14 +434,16 @@ def _overlap(seq: list[str], window: list[str]) -> int:
     return 0
 
 
-def _merge_scores(path: Path, new: pd.DataFrame) -> pd.DataFrame | None:
-    """scores.parquet keeps every score computed in this run directory; None when nothing changed."""
+def _merge_scores(path: Path, new: pd.DataFrame, keep: set[str]) -> pd.DataFrame | None:
+    """scores.parquet keeps every score this run directory holds: the new columns, and earlier ones in ``keep``
+    (those whose stage is done here, so not a column left behind by a stage since invalidated); None when
+    nothing changed."""
     if not path.is_file():
         return new
     old = read_parquet(path)
     if list(old["sample_id"]) != list(new["sample_id"]):
         return new
-    keep = [c for c in old.columns if c not in new.columns]
+    keep = [c for c in old.columns if c not in new.columns and c in keep]
     merged = pd.concat([new, old[keep]], axis=1)
     same = set(merged.columns) == set(old.columns) and merged[old.columns].equals(old)
     return None if same else merged

@@ -175,6 +175,12 @@ def test_score_command_writes_every_requested_column(tmp_path):
     assert {"influence", "grand", "el2n", "loss", "effort"} <= set(scores.columns)
     assert (out / "stages" / "surrogate.json").stat().st_mtime_ns == surrogate_meta
     assert json.loads((out / "manifest.json").read_text())["counts"]["pool"] == len(pool)
+    # a stage since invalidated (a run with other settings killed inside it) leaves no column behind
+    meta = json.loads((out / "stages" / "loss.json").read_text())
+    (out / "stages" / "loss.json").write_text(json.dumps({**meta, "done": False}))
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert "loss" not in pd.read_parquet(out / "scores.parquet").columns
+    assert {"influence", "grand", "el2n", "effort"} <= set(pd.read_parquet(out / "scores.parquet").columns)
 
 
 def test_ccs_stratifies_the_configured_score(tmp_path):
