@@ -198,18 +198,22 @@ SAMPLES_HELP = ("A file of samples to score instead of SOURCE: JSONL/Parquet wit
                 "(plus user, history, target_item for the surrogate-based scores), e.g. any instruction dataset.")
 
 
-def _samples_or_source(source: str | None, samples_path: str | None, data_options: dict[str, Any]):
-    """The samples table given with --samples, or None for SOURCE; exactly one of the two."""
+def _samples_or_source(source: str | None, samples_path: str | None, fmt, items, split, construction, max_history,
+                       stride) -> tuple[Any, dict[str, Any]]:
+    """(the samples table given with --samples, or None) and the data overrides for SOURCE; exactly one of the
+    two is given, and the options that shape samples built from SOURCE go with SOURCE only."""
     if (source is None) == (samples_path is None):
         raise click.UsageError("give either SOURCE (interactions to build samples from) or --samples FILE")
+    overrides = _data_overrides(source, fmt, items, split, construction, max_history, stride)
     if samples_path is None:
-        return None
-    given = [f"--{k.replace('_', '-')}" for k, v in data_options.items() if v is not None]
+        return None, overrides
+    given = [f"--{key.split('.')[1].replace('_', '-')}" for key, v in overrides.items() if v is not None
+             and key != "data.source"]
     if given:
         raise click.UsageError(f"{', '.join(given)} shape the samples built from SOURCE; --samples gives them ready")
     from deft.pipeline import load_samples_file
 
-    return load_samples_file(samples_path)
+    return load_samples_file(samples_path), {}
 
 
 @app.command()
@@ -230,10 +234,8 @@ def score(ctx, source, config_path, fmt, items, split, construction, max_history
     """
     from deft.pipeline import run_scores
 
-    samples = _samples_or_source(source, samples_path, {"format": fmt, "items": items, "split": split,
-                                                        "construction": construction, "max_history": max_history,
-                                                        "stride": stride})
-    overrides = _data_overrides(source, fmt, items, split, construction, max_history, stride) if samples is None else {}
+    samples, overrides = _samples_or_source(source, samples_path, fmt, items, split, construction, max_history,
+                                            stride)
     overrides.update({"model.name": model, "model.device": device})
     cfg = _config(config_path, overrides)
     names = [s.strip() for s in score_names.split(",") if s.strip()]
@@ -269,10 +271,8 @@ def prune(ctx, source, config_path, fmt, items, split, construction, max_history
     """
     from deft.pipeline import run_prune
 
-    samples = _samples_or_source(source, samples_path, {"format": fmt, "items": items, "split": split,
-                                                        "construction": construction, "max_history": max_history,
-                                                        "stride": stride})
-    overrides = _data_overrides(source, fmt, items, split, construction, max_history, stride) if samples is None else {}
+    samples, overrides = _samples_or_source(source, samples_path, fmt, items, split, construction, max_history,
+                                            stride)
     overrides.update({"model.name": model, "model.device": device, "selection.method": method,
                       "selection.lambda_": lambda_, "selection.strata": strata, "selection.hard_prune": hard_prune,
                       "selection.seed": seed,

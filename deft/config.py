@@ -504,8 +504,8 @@ class DeftConfig:
 # ----------------------------------------------------------------------------------------------- field types
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -514,10 +514,9 @@ def _type_ok(value: Any, hint: Any) -> bool:
         return True
     if hint is type(None):
         return value is None
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
+    if _is_union(hint):
         return any(_type_ok(value, arg) for arg in typing.get_args(hint))
-    if origin is list:
+    if typing.get_origin(hint) is list:
         (arg,) = typing.get_args(hint)
         return isinstance(value, (list, tuple)) and all(_type_ok(v, arg) for v in value)  # tuples: built in Python
     if hint is bool:
@@ -530,10 +529,9 @@ def _type_ok(value: Any, hint: Any) -> bool:
 
 
 def _type_name(hint: Any, plural: bool = False) -> str:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
+    if _is_union(hint):
         return " or ".join(_type_name(a, plural) for a in typing.get_args(hint))
-    if origin is list:
+    if typing.get_origin(hint) is list:
         return f"a list of {_type_name(typing.get_args(hint)[0], plural=True)}"
     names = {bool: ("true or false", "true or false values"), int: ("an integer", "integers"),
              float: ("a number", "numbers"), str: ("a string", "strings"), type(None): ("null", "nulls")}
@@ -542,7 +540,7 @@ def _type_name(hint: Any, plural: bool = False) -> str:
 
 def _type_problems(section: Any, prefix: str) -> dict[str, str]:
     """``{dotted field: problem}`` for the fields of ``section`` whose value is not of the declared type."""
-    hints = _hints(type(section))
+    hints = typing.get_type_hints(type(section))
     out = {}
     for f in dataclasses.fields(section):
         value = getattr(section, f.name)
@@ -554,13 +552,13 @@ def _type_problems(section: Any, prefix: str) -> dict[str, str]:
 def _coerce(cls: type, body: dict[str, Any]) -> dict[str, Any]:
     """The two spellings YAML users reach for that are not the declared type: one value where a list belongs
     (``budgets: 256``), and PyYAML's strings for exponent floats without a dot (``lr: 1e-3``)."""
-    hints = _hints(cls)
+    hints = typing.get_type_hints(cls)
     out = dict(body)
     for name, value in body.items():
         hint = hints.get(name)
         if hint is None:
             continue
-        kinds = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        kinds = typing.get_args(hint) if _is_union(hint) else (hint,)
         if typing.get_origin(hint) is list and not isinstance(value, (list, tuple, dict)) and value is not None:
             out[name] = [value]
         elif float in kinds and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):

@@ -306,7 +306,10 @@ def generate(loaded: LoadedModel, adapter_dir: str | Path | None, prompts: Seque
                                num_return_sequences=1, pad_token_id=_pad_id(tok), eos_token_id=tok.eos_token_id,
                                use_cache=True)  # the loaded model's config turns the cache off for scoring
     out: list[str | None] = [None] * len(prompts)
-    saved, earlier_s = _load_partial(partial, len(prompts))
+    saved, earlier_s = load_partial(partial)
+    if saved and max(saved) >= len(prompts):
+        raise ArtifactMismatchError(f"saved responses index {max(saved)} but there are {len(prompts)} prompts",
+                                    file=partial)
     for i, text in saved.items():
         out[i] = text
     batches = length_sorted_batches([len(e.input_ids) for e in encoded], eval_cfg.batch_size)
@@ -334,21 +337,13 @@ def generate(loaded: LoadedModel, adapter_dir: str | Path | None, prompts: Seque
     return [text or "" for text in out]
 
 
-def _load_partial(path: str | Path | None, n: int) -> tuple[dict[int, str], float]:
-    """Saved responses by prompt index, and the generation seconds spent on them."""
+def load_partial(path: str | Path | None) -> tuple[dict[int, str], float]:
+    """Responses an interrupted generation saved at ``path``, by prompt index, and the seconds spent on them."""
     if path is None or not Path(path).is_file():
         return {}, 0.0
     frame = read_parquet(path)
-    if len(frame) and int(frame["index"].max()) >= n:
-        raise ArtifactMismatchError(f"saved responses index {int(frame['index'].max())} but there are {n} prompts",
-                                    file=path)
     earlier = float(frame["elapsed_s"].iloc[0]) if len(frame) else 0.0
     return dict(zip(frame["index"].tolist(), frame["text"].tolist(), strict=True)), earlier
-
-
-def partial_elapsed_s(path: str | Path) -> float:
-    """Seconds an interrupted evaluation already spent generating the responses saved at ``path``."""
-    return _load_partial(path, np.iinfo(np.int64).max)[1]
 
 
 def _save_partial(path: str | Path, out: Sequence[str | None], elapsed_s: float) -> None:
@@ -513,6 +508,24 @@ def _cached(out_dir: Path, fp: str, overwrite: bool) -> EvalResult | None:
     return EvalResult(saved["metrics"], read_parquet(per_user_path), saved["wall_s"], saved["s_per_user"], out_dir)
 
 
+def _claim(out_dir: Path, partial: Path, overwrite: bool) -> None:
+    """Refuse, unless overwriting, per-user results no evaluation of DEFT's wrote, and the saved responses of
+    another unfinished evaluation (other inputs or settings): those are hours of work."""
+    theirs = out_dir / "per_user.parquet"
+    if theirs.exists() and not overwrite and not (out_dir / "metrics.json").exists() \
+            and not any(out_dir.glob("partial-generations-*.parquet")):
+        raise OutputExistsError(f"{theirs} exists but no evaluation of DEFT's wrote it; use --overwrite to replace "
+                                "it or choose another --out", file=theirs)
+    for stale in out_dir.glob("partial-generations-*.parquet"):
+        if stale == partial:
+            continue
+        if not overwrite:
+            raise ArtifactMismatchError(f"{stale.name} holds the responses of an unfinished evaluation with other "
+                                        f"inputs or settings; rerun that one, or use --overwrite to discard them",
+                                        file=out_dir)
+        stale.unlink()
+
+
 def evaluate(loaded: LoadedModel, adapter_dir: str | Path | None, users: pd.DataFrame,
              titles: Mapping[Hashable, str], eval_cfg: EvaluationConfig, out_dir: str | Path,
              cache_dir: str | Path | None = None, progress: bool = True, overwrite: bool = False) -> EvalResult:
@@ -538,20 +551,8 @@ def evaluate(loaded: LoadedModel, adapter_dir: str | Path | None, users: pd.Data
     # Responses saved as they come, under this evaluation's fingerprint: a killed evaluation resumes, and one
     # with other inputs or settings never reads them.
     partial = out_dir / f"partial-generations-{fp}.parquet"
-    theirs = out_dir / "per_user.parquet"
-    if theirs.exists() and not overwrite and not (out_dir / "metrics.json").exists() \
-            and not any(out_dir.glob("partial-generations-*.parquet")):
-        raise OutputExistsError(f"{theirs} exists but no evaluation of DEFT's wrote it; use --overwrite to replace "
-                                "it or choose another --out", file=theirs)
-    for stale in out_dir.glob("partial-generations-*.parquet"):
-        if stale == partial:
-            continue
-        if not overwrite:  # an interrupted evaluation with other inputs or settings: its responses are work
-            raise ArtifactMismatchError(f"{stale.name} holds the responses of an unfinished evaluation with other "
-                                        f"inputs or settings; rerun that one, or use --overwrite to discard them",
-                                        file=out_dir)
-        stale.unlink()
-    earlier_s = partial_elapsed_s(partial)  # charged to this evaluation's wall time, as a resumed stage's are
+    _claim(out_dir, partial, overwrite)
+    earlier_s = load_partial(partial)[1]  # charged to this evaluation's wall time, as a resumed stage's are
     generated = generate(loaded, adapter_dir, prompts, eval_cfg, max_new, progress=progress, partial=partial)
     item_ids, item_emb = item_embeddings(loaded, titles, out_dir if cache_dir is None else cache_dir,
                                          eval_cfg.batch_size)

@@ -82,7 +82,7 @@ def plan_runs(cfg: DeftConfig, pool_size: int) -> list[ArmRun]:
 def _check_budgets(cfg: DeftConfig, pool_size: int) -> list[int]:
     """The budgets as sample counts, refused now (not when their turn comes, hours in) if two are the same
     count or one asks for more samples than an arm can take from this pool."""
-    from deft.selection import COVERAGE_METHODS, hard_prune_count
+    from deft.selection import COVERAGE_METHODS, capacity
 
     e = cfg.experiment
     budgets = [resolve_budget(b, pool_size) for b in e.budgets]
@@ -91,7 +91,7 @@ def _check_budgets(cfg: DeftConfig, pool_size: int) -> list[int]:
         problems.append(f"`experiment.budgets` {e.budgets!r} give the sample counts {budgets} for a pool of "
                         f"{pool_size}: one count twice")
     coverage = [a for a in e.arms if a in COVERAGE_METHODS]
-    unpruned = pool_size - hard_prune_count(pool_size, cfg.selection.hard_prune)
+    unpruned = capacity(coverage[0], pool_size, cfg.selection.hard_prune) if coverage else pool_size
     for given, count in zip(e.budgets, budgets, strict=True):
         if count > pool_size:
             problems.append(f"budget {given!r} ({count} samples) exceeds the pool of {pool_size}")

@@ -369,10 +369,8 @@ def check_score_names(names: list[str]) -> None:
 def _check_budgets_fit(pool: Pool, method: str, budgets: list[int], hard_prune: float) -> None:
     """Refused before hours of scoring: a budget larger than the pool, or than what the hard prune leaves the
     coverage methods."""
-    from deft.selection import COVERAGE_METHODS, hard_prune_count
-
     n = len(pool.samples)
-    pruned = hard_prune_count(n, hard_prune) if method in COVERAGE_METHODS else 0
+    pruned = n - sel.capacity(method, n, hard_prune)
     why = f"the pool of {n}" + (f" minus the {pruned} that hard_prune={hard_prune:g} drops first" if pruned else "")
     problems = [f"budget {b} exceeds the {n - pruned} samples {method} can take: {why}" for b in budgets
                 if b > n - pruned]

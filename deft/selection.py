@@ -77,6 +77,12 @@ def hard_prune_count(n: int, hard_prune: float) -> int:
     return int(Fraction(repr(float(hard_prune))) * n)
 
 
+def capacity(method: str, n: int, hard_prune: float) -> int:
+    """How many of a pool of ``n`` samples ``method`` can choose: the coverage methods first drop the
+    hard-pruned ``floor(hard_prune * n)``."""
+    return n - hard_prune_count(n, hard_prune) if method in COVERAGE_METHODS else n
+
+
 def _hard_prune_mask(scores: np.ndarray, n_pruned: int) -> tuple[np.ndarray, float | None]:
     """Mask of the top ``n_pruned`` scores (ties at the cut-off: lowest indices first) and the cut-off score."""
     mask = np.zeros(scores.size, dtype=bool)

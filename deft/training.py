@@ -20,6 +20,7 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -280,21 +281,23 @@ def _previous_run(out_dir: Path, fp: str, overwrite: bool) -> tuple[TrainResult 
         if foreign and not overwrite:
             raise OutputExistsError(f"{out_dir} holds {', '.join(foreign)} from no training of DEFT's; use "
                                     "--overwrite to replace them or choose another --out", file=out_dir)
-        for name in foreign:
-            p = out_dir / name
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        _remove(out_dir, foreign)
         return None, None
     if found != fp:
         if not overwrite:
             raise ArtifactMismatchError(f"{out_dir} holds a training with fingerprint {found}, these inputs and "
                                         f"settings give {fp}; use --overwrite or another output directory")
-        for name in ("train_result.json", "checkpoint", "checkpoint.old", STARTED, *OUTPUTS):
-            p = out_dir / name
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        _remove(out_dir, ("train_result.json", "checkpoint", "checkpoint.old", STARTED, *OUTPUTS))
         return None, None
     if done.is_file() and (out_dir / "adapter").is_dir():
         return _result_from_json(out_dir, read_json(done)), None
     return None, ckpt
+
+
+def _remove(out_dir: Path, names: Sequence[str]) -> None:
+    for name in names:
+        p = out_dir / name
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def _best_epoch(st: dict[str, Any], steps_per_epoch: int) -> float | None:

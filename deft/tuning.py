@@ -87,11 +87,11 @@ def tune_lambda(cfg: DeftConfig, out: str | Path, *, lambdas: tuple[float, ...] 
 
 def _check_budget(cfg: DeftConfig, budget: int | str | None, pool_size: int) -> int:
     """The budget as a sample count, refused before any scoring if dealrec cannot take that many samples."""
-    from deft.selection import hard_prune_count
+    from deft.selection import capacity
 
     given = budget if budget is not None else min(cfg.experiment.budgets, key=lambda b: resolve_budget(b, pool_size))
     count = resolve_budget(given, pool_size)
-    left = pool_size - hard_prune_count(pool_size, cfg.selection.hard_prune)
+    left = capacity("dealrec", pool_size, cfg.selection.hard_prune)
     if count > left:
         raise ConfigError([f"the tuning budget (--budget) {given!r} is {count} samples, more than the {left} that "
                            f"dealrec can take from this pool of {pool_size} after hard-pruning "
