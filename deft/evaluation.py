@@ -8,6 +8,8 @@ How items that share a title are treated (so the metrics are well defined):
   title of the list", K counts distinct titles, and a user's relevant set is the set of distinct titles of
   their targets. A target is hit at rank r when its title is the r-th distinct title, whichever of the items
   with that title was retrieved. Two targets with one title count once, so Recall and NDCG stay within [0, 1].
+* A generated text equal to a title ranks that title first (its L2 distance is 0 in exact arithmetic; the
+  rule keeps it so in low precision).
 * ``exclude`` removes items (e.g. the user's history) before ranking; a title whose items are all excluded
   disappears, one with some items left keeps only those.
 
@@ -197,11 +199,13 @@ def compare_evaluations(a: str | Path, b: str | Path, metrics: Sequence[str] | N
 
 def ground(gen_emb: np.ndarray, item_emb: np.ndarray, item_ids: Sequence[Hashable],
            titles: Mapping[Hashable, str], k_max: int,
-           exclude: Sequence[Collection[Hashable]] | None = None) -> list[list[Hashable]]:
+           exclude: Sequence[Collection[Hashable]] | None = None,
+           generated: Sequence[str] | None = None) -> list[list[Hashable]]:
     """Rank items by exact L2 distance (faiss ``IndexFlatL2``) to each generated text's embedding.
 
     Each row holds the top ``k_max`` distinct titles (fewer if the catalogue has fewer), every title expanded
     to all of its non-excluded items in ``item_ids`` order; see the module docstring for the metric contract.
+    With ``generated`` (the texts behind ``gen_emb``), a text equal to a title ranks that title first.
     """
     import faiss
 
@@ -212,6 +216,8 @@ def ground(gen_emb: np.ndarray, item_emb: np.ndarray, item_ids: Sequence[Hashabl
                          f"queries {queries.shape}")
     if exclude is not None and len(exclude) != len(queries):
         raise ValueError(f"exclude has {len(exclude)} rows for {len(queries)} queries")
+    if generated is not None and len(generated) != len(queries):
+        raise ValueError(f"generated has {len(generated)} texts for {len(queries)} queries")
     members: dict[str, list[Hashable]] = {}
     for item in item_ids:
         members.setdefault(titles[item], []).append(item)
@@ -229,10 +235,12 @@ def ground(gen_emb: np.ndarray, item_emb: np.ndarray, item_ids: Sequence[Hashabl
         seen: set[str] = set()
         ranked: list[Hashable] = []
         kept = 0  # distinct titles placed so far
-        for j in hits:
-            if j < 0 or kept >= k_max:
+        # A text equal to a title is at distance 0 from it in exact arithmetic; placing it first keeps that
+        # true in bf16, where padding and batch shape can move two embeddings of one text apart.
+        exact = [generated[row]] if generated is not None and generated[row] in members else []
+        for title in [*exact, *(titles[item_ids[j]] for j in hits if j >= 0)]:
+            if kept >= k_max:
                 break
-            title = titles[item_ids[j]]
             if title in seen:
                 continue
             seen.add(title)
@@ -559,7 +567,7 @@ def evaluate(loaded: LoadedModel, adapter_dir: str | Path | None, users: pd.Data
     gen_emb = embed_texts(loaded, generated, eval_cfg.batch_size)
     exclude = _excluded(users) if eval_cfg.exclude_history else None
     k_max = max(eval_cfg.ks)
-    ranked = ground(gen_emb, item_emb, item_ids, titles, k_max, exclude)
+    ranked = ground(gen_emb, item_emb, item_ids, titles, k_max, exclude, generated)
     targets = [list(t) for t in users["targets"]]
     per_user = pd.DataFrame({"user": users["user"].to_numpy(), "generated": generated,
                              f"top{k_max}": ranked, "hit_ranks": hit_ranks(ranked, targets, titles)})

@@ -150,6 +150,24 @@ def test_ground_expands_titles_and_excludes_history():
     assert excluded[1] == ["i1", "i3"]  # a partly excluded title keeps its other item
 
 
+def test_exact_title_ranks_first_whatever_the_embeddings_say():
+    # Embeddings as low precision might leave them: "Heat (1995)" is not the nearest point to its own text.
+    ids = list(TITLES)
+    emb = np.array([[0, 0], [1, 0], [1, 0], [5, 5], [9, 9]], dtype=np.float32)
+    query = np.array([[0.1, 0], [0.1, 0], [0.1, 0]], dtype=np.float32)
+    generated = ["Heat (1995)", "not a title", "Toy Story (1995)"]
+    ranked = ground(query, emb, ids, TITLES, k_max=2, generated=generated)
+    assert ranked[0] == ["i2", "i3", "i1"]  # the exact title first, then the nearest others
+    assert ranked[1] == ["i1", "i2", "i3"]  # no title: plain L2 order
+    assert ranked[2] == ["i1", "i2", "i3"]  # already nearest: listed once
+    assert ground(query, emb, ids, TITLES, k_max=2)[0] == ["i1", "i2", "i3"]
+    # An excluded exact title stays out; its text then ranks by distance alone.
+    assert ground(query, emb, ids, TITLES, k_max=2, exclude=[{"i2", "i3"}, set(), set()],
+                  generated=generated)[0] == ["i1", "i4"]
+    with pytest.raises(ValueError, match="generated has 1 texts for 3 queries"):
+        ground(query, emb, ids, TITLES, k_max=2, generated=["Heat (1995)"])
+
+
 def test_generated_title_grounds_to_itself(tiny, tmp_path):
     item_ids, item_emb = item_embeddings(tiny, TITLES, tmp_path)
     assert item_emb.shape == (5, tiny.model.config.hidden_size) and item_emb.dtype == np.float32
