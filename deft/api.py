@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,8 @@ def prune(
     types) plus its ``stratum``. ``method`` defaults to the config's ``selection.method`` (``dealrec``).
     ``out`` is the run directory (a temporary one if None); finished stages in it are reused.
     """
+    if isinstance(data, os.PathLike):
+        data = os.fspath(data)  # a source path, as the string would be
     cfg = _resolve_config(config, method=method, model=model, seed=seed, lambda_=lambda_, strata=strata,
                           hard_prune=hard_prune, budget=budget, source=data if isinstance(data, str) else None)
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="deft-prune-"))
@@ -94,7 +97,8 @@ def _as_frame(data: Any) -> pd.DataFrame | None:
         return _with_ids(data.reset_index(drop=True))
     if _is_dataset(data):
         return _with_ids(data.to_pandas())
-    raise DeftError(f"prune() takes a datasets.Dataset, a pandas DataFrame or a source name, got {type(data).__name__}")
+    raise DeftError(f"prune() takes a datasets.Dataset, a pandas DataFrame or a source name or path, got "
+                    f"{type(data).__name__}")
 
 
 def _is_dataset(data: Any) -> bool:

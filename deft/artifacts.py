@@ -8,6 +8,7 @@ fingerprint is an :class:`ArtifactMismatchError` naming both values, unless the 
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import logging
@@ -91,6 +92,8 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.datetime64, datetime.date)):  # .item() of a datetime64[ns] would be an integer
+        return pd.Timestamp(obj).isoformat() if isinstance(obj, np.datetime64) else obj.isoformat()
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
@@ -118,7 +121,8 @@ def read_parquet(path: str | Path) -> pd.DataFrame:
 
 
 def write_jsonl(path: str | Path, records: list[dict[str, Any]]) -> None:
-    lines = (json.dumps(r, ensure_ascii=False, default=_json_default) for r in records)
+    """One strict JSON object per line: a NaN is an error here, not the token ``NaN`` other parsers reject."""
+    lines = (json.dumps(r, ensure_ascii=False, default=_json_default, allow_nan=False) for r in records)
     write_text(path, "".join(line + "\n" for line in lines))
 
 
@@ -172,7 +176,10 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def frame_fingerprint(frame: pd.DataFrame) -> str:
     """Content hash of a DataFrame (values and column names, order-sensitive)."""
-    hashed = pd.util.hash_pandas_object(frame.astype(str), index=False).to_numpy()
+    # numpy prints arrays over 1,000 items as "[a b c ... x y z]": two long histories differing in the middle
+    # would hash alike. No threshold keeps them whole; shorter arrays print (and hash) as they always did.
+    with np.printoptions(threshold=sys.maxsize):
+        hashed = pd.util.hash_pandas_object(frame.astype(str), index=False).to_numpy()
     h = hashlib.sha256(hashed.tobytes())
     h.update("\x1f".join(map(str, frame.columns)).encode())
     return h.hexdigest()[:16]

@@ -217,7 +217,7 @@ class Pipeline:
         fp = fingerprint({"samples": frame_fingerprint(samples), "prompt": to_dict(self.cfg.prompt)})
         if not self.run.is_done("samples", fp):
             with self.run.stage("samples", fp):
-                write_parquet(self.run.path("samples.parquet"), samples)
+                _write_samples(self.run.path("samples.parquet"), samples)
         return Pool(samples, split_from_samples(samples), fp, fp)
 
     def surrogate(self, pool: Pool):
@@ -397,32 +397,93 @@ def _check_sample_columns(samples: pd.DataFrame) -> None:
     if missing:
         raise DeftError(f"samples lack column(s) {missing}; found {list(samples.columns)}", field=missing[0])
     _check_sample_fields(samples, None, None)
-    if "history" in samples.columns:
-        # a history read back from CSV is the text "['1', '2']": iterated, it would be items '[', "'", '1', ...
-        bad = next((i for i, h in enumerate(samples["history"]) if not isinstance(h, (list, tuple, np.ndarray))), None)
-        if bad is not None:
-            raise DeftError(f"row {bad} (0-based): `history` must be a list of item ids, got "
-                            f"{type(samples['history'].iloc[bad]).__name__} {samples['history'].iloc[bad]!r:.60}",
-                            field="history")
+
+
+def check_prunable(frame: pd.DataFrame, path: str | Path | None = None) -> None:
+    """A coreset row is the input row plus ``stratum``: an input column of that name would be overwritten."""
+    if "stratum" in frame.columns:
+        raise DeftError("the samples already have a column 'stratum' (a coreset of an earlier prune?); DEFT adds "
+                        "each chosen row's stratum under that name: rename or drop the column", file=path,
+                        field="stratum")
+
+
+def _write_samples(path: Path, samples: pd.DataFrame) -> None:
+    import pyarrow as pa
+
+    try:
+        write_parquet(path, samples)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        for name in samples.columns:  # which column: Arrow's message does not always say
+            try:
+                pa.array(samples[name], from_pandas=True)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as col_exc:
+                kinds = sorted({type(v).__name__ for v in samples[name] if v is not None})
+                raise DeftError(f"column {name!r} cannot be stored ({col_exc}); its values are of types {kinds}: "
+                                "give every row the same type", field=name) from exc
+        raise DeftError(f"the samples cannot be stored as Parquet: {exc}") from exc
 
 
 def split_from_samples(samples: pd.DataFrame) -> Split:
-    """Rebuild each user's sequence from overlapping (history, target) windows; the last item validates.
+    """Rebuild each user's sequence from their (history, target) windows; the last item validates.
 
-    Windows of one user are merged in table order by their longest overlap with the sequence built so far,
-    so sliding windows with any stride or a single last-per-user sample all give the user's full sequence.
+    DEFT's sample ids (``"{user}:{position}"``, the target's index in the sequence) place every window where it
+    belongs, so the table may come in any order and repeated items stay repeated. Windows with other ids are
+    merged in table order by their longest overlap with the sequence built so far: sliding windows with any
+    stride or a single last-per-user sample give the user's full sequence, provided each user's rows are in
+    chronological order.
     """
     if not {"user", "history", "target_item"} <= set(samples.columns):
         return Split({}, {}, {}, kind="none")
     train: dict[str, list[str]] = {}
     valid: dict[str, list[str]] = {}
+    repeating = []
     for user, group in samples.groupby("user", sort=False):
-        seq: list[str] = []
-        for history, target in zip(group["history"], group["target_item"], strict=True):
-            window = [str(x) for x in list(history)] + [str(target)]
-            seq.extend(window[_overlap(seq, window):])
+        windows = [([str(x) for x in list(h)], str(t)) for h, t in zip(group["history"], group["target_item"],
+                                                                        strict=True)]
+        positions = _positions(str(user), group["sample_id"]) if "sample_id" in group.columns else None
+        if positions is None:
+            seq: list[str] = []
+            for history, target in windows:
+                window = [*history, target]
+                seq.extend(window[_overlap(seq, window):])
+            if len(set(seq)) < len(seq):
+                repeating.append(str(user))
+        else:
+            seq = _placed(str(user), windows, positions, group["sample_id"].tolist())
         train[str(user)], valid[str(user)] = seq[:-1], seq[-1:]
+    if repeating:
+        log.warning("the sequences rebuilt for %d user(s) repeat an item (first: user %s). Unless the data repeats "
+                    "interactions, a user's rows are out of chronological order: sort them, or give sample ids "
+                    "'user:position' as DEFT writes them", len(repeating), repeating[0])
     return Split(train, valid, {u: [] for u in train}, kind="from_samples")
+
+
+def _positions(user: str, ids: pd.Series) -> list[int] | None:
+    """Each window's target position from ids ``"{user}:{position}"``; None unless every id has that form."""
+    prefix = f"{user}:"
+    out = []
+    for sid in ids.astype(str):
+        tail = sid[len(prefix):] if sid.startswith(prefix) else ""
+        if not tail.isdigit():
+            return None
+        out.append(int(tail))
+    return out
+
+
+def _placed(user: str, windows: list[tuple[list[str], str]], positions: list[int], ids: list[str]) -> list[str]:
+    """The sequence the windows spell when each target sits at its position and its history just before it;
+    positions no window covers (a stride wider than the history) are left out."""
+    at: dict[int, tuple[str, str]] = {}  # position -> (item, id of the first sample placing it)
+    for (history, target), pos, sid in zip(windows, positions, ids, strict=True):
+        for offset, item in enumerate([*history, target], start=pos - len(history)):
+            if offset < 0:
+                raise DeftError(f"user {user}: sample {sid!r} has {len(history)} history items before position {pos}",
+                                field="history")
+            placed = at.setdefault(offset, (item, sid))
+            if placed[0] != item:
+                raise DeftError(f"user {user}: samples {placed[1]!r} and {sid!r} disagree on the item at position "
+                                f"{offset} ({placed[0]!r} vs {item!r})", field="history")
+    return [at[p][0] for p in sorted(at)]
 
 
 def _overlap(seq: list[str], window: list[str]) -> int:
@@ -466,9 +527,17 @@ def coreset_records(samples: pd.DataFrame, selection: Any) -> list[dict[str, Any
 
 
 def sample_records(samples: pd.DataFrame) -> list[dict[str, Any]]:
-    """Rows as JSON-ready dicts (array fields such as the history as lists)."""
-    return [{k: (list(v) if isinstance(v, np.ndarray) else v) for k, v in row.items()}
-            for row in samples.to_dict(orient="records")]
+    """Rows as JSON-ready dicts: array fields such as the history as lists, a missing value (NaN, NaT, None,
+    or a key some records of a JSONL file lacked) as null."""
+    return [{k: _json_value(v) for k, v in row.items()} for row in samples.to_dict(orient="records")]
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (np.ndarray, list, tuple)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items()}
+    return None if pd.api.types.is_scalar(value) and pd.isna(value) else value
 
 
 def write_validation(pipe: Pipeline, pool: Pool) -> Path | None:
@@ -515,6 +584,13 @@ def _check_sample_fields(frame: pd.DataFrame, path: Path | None, lines: list[int
     for name in ("sample_id", "user", "target_item"):
         if name in frame.columns and frame[name].isna().any():
             raise _row_error("is missing", int(np.flatnonzero(frame[name].isna().to_numpy())[0]), name, path, lines)
+    if "history" in frame.columns:
+        # a history read back from CSV is the text "['1', '2']": iterated, it would be items '[', "'", '1', ...
+        histories = frame["history"].tolist()
+        bad = next((i for i, h in enumerate(histories) if not isinstance(h, (list, tuple, np.ndarray))), None)
+        if bad is not None:
+            raise _row_error(f"must be a list of item ids, got {type(histories[bad]).__name__} {histories[bad]!r:.60}",
+                             bad, "history", path, lines)
     if "sample_id" in frame.columns:
         ids = frame["sample_id"]
         dup = ids.duplicated().to_numpy()
@@ -556,7 +632,15 @@ def _read_samples_jsonl(path: Path) -> tuple[pd.DataFrame, list[int]]:
             if not isinstance(rows[-1], dict):
                 raise DeftError("not a JSON object", file=path, line=line_no)
             lines.append(line_no)
-    return pd.DataFrame(rows), lines
+    frame = pd.DataFrame(rows)
+    for name in frame.columns:
+        # pandas stores whole numbers with gaps (a key some records lack, or null) as floats: 5 would come back
+        # as 5.0 in the coreset, and an integer beyond 2**53 rounded. Such a column keeps the values as read.
+        if frame[name].dtype.kind == "f":
+            raw = [row.get(name) for row in rows]
+            if all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in raw):
+                frame[name] = pd.Series(raw, dtype=object)
+    return frame, lines
 
 
 def load_samples_file(path: str | Path) -> pd.DataFrame:
@@ -602,6 +686,8 @@ def run_scores(cfg: DeftConfig, out: str | Path, names: list[str], *, overwrite:
 def run_prune(cfg: DeftConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True,
               samples: pd.DataFrame | None = None) -> PruneResult:
     """The whole curation run; see the module docstring for caching and --overwrite."""
+    if samples is not None:
+        check_prunable(samples)
     pipe = Pipeline(cfg, out, overwrite=overwrite, progress=progress)
     pool = pipe.pool_from_source() if samples is None else pipe.pool_from_frame(samples)
     method = cfg.selection.method
@@ -696,4 +782,4 @@ def run_evaluate(cfg: DeftConfig, adapter: str | Path | None, out: str | Path, *
 
 
 __all__ = ["Pipeline", "Pool", "PruneResult", "run_prune", "run_scores", "run_train", "run_evaluate",
-           "split_from_samples", "load_samples_file", "method_scores", "method_stages"]
+           "split_from_samples", "load_samples_file", "check_prunable", "method_scores", "method_stages"]

@@ -68,6 +68,25 @@ def test_user_sequences_rebuilt_from_windows(pool):
             assert rebuilt.train[user] + rebuilt.valid[user] == seq
 
 
+def test_user_sequences_do_not_depend_on_the_row_order(pool, caplog):
+    # DEFT's ids "user:position" place each window, so a shuffled table (Dataset.shuffle) rebuilds the same
+    # sequences; windows of repeated items keep their repeats.
+    in_order = split_from_samples(pool)
+    shuffled = split_from_samples(pool.sample(frac=1.0, random_state=3).reset_index(drop=True))
+    assert shuffled.train == in_order.train and shuffled.valid == in_order.valid
+    repeats = pd.DataFrame({"sample_id": ["u:2", "u:3", "u:4"], "user": "u", "history": [["a", "a"]] * 3,
+                            "target_item": ["a", "a", "b"]})
+    assert split_from_samples(repeats.iloc[::-1]).train["u"] == ["a", "a", "a", "a"]  # + "b" validates
+    conflict = repeats.assign(history=[["a", "a"], ["a", "x"], ["a", "a"]])
+    with pytest.raises(DeftError, match=r"user u: samples 'u:2' and 'u:3' disagree on the item at position 2"):
+        split_from_samples(conflict)
+    # Other ids are merged in table order; a shuffle shows as repeated items, and is reported.
+    other_ids = pool.assign(sample_id=[f"s{i}" for i in range(len(pool))])
+    assert split_from_samples(other_ids).train == in_order.train and "repeat an item" not in caplog.text
+    split_from_samples(other_ids.iloc[::-1])
+    assert "repeat an item" in caplog.text
+
+
 def test_fields_and_types_come_back_unchanged(pool, tmp_path):
     datasets = pytest.importorskip("datasets")
     frame = pool.assign(sample_id=range(100, 100 + len(pool)), genre=pd.Categorical(["a", "b"] * (len(pool) // 2)
@@ -109,7 +128,7 @@ def test_bad_sample_tables_name_the_row_and_field(pool, tmp_path):
         deft.prune(pool.assign(output=[*pool["output"][:2], None, *pool["output"][3:]]), budget=2,
                    method="random", config=CONFIG, out=tmp_path / "a", progress=False)
     as_text = pool.assign(history=pool["history"].map(lambda h: str(list(h))))  # as read back from a CSV
-    with pytest.raises(DeftError, match=r"row 0 \(0-based\): `history` must be a list of item ids, got str"):
+    with pytest.raises(DeftError, match=r"'history': row 0 \(0-based\): must be a list of item ids, got str"):
         deft.prune(as_text, budget=2, method="random", config=CONFIG, out=tmp_path / "b", progress=False)
     no_user = pool.assign(user=[None, *pool["user"][1:]])  # would drop out of the surrogate's sequences
     with pytest.raises(DeftError, match=r"'user': row 0 \(0-based\): is missing"):
@@ -117,6 +136,20 @@ def test_bad_sample_tables_name_the_row_and_field(pool, tmp_path):
     twice = pool.assign(sample_id=[*pool["sample_id"][:3], pool["sample_id"].iloc[1], *pool["sample_id"][4:]])
     with pytest.raises(DeftError, match=r"'sample_id': row 3 \(0-based\): '.+' repeats the id of row 1 \(0-based\)"):
         deft.prune(twice, budget=2, method="random", config=CONFIG, out=tmp_path / "d", progress=False)
+
+
+def test_an_input_stratum_column_is_refused_before_any_work(pool, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    again = datasets.Dataset.from_pandas(pool.assign(stratum=0), preserve_index=False)  # an earlier coreset
+    with pytest.raises(DeftError, match="already have a column 'stratum'"):
+        deft.prune(again, budget=2, method="random", config=CONFIG, out=tmp_path / "s", progress=False)
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_source_path_may_be_a_path_object(tmp_path):
+    out = deft.prune(ROOT / "data_samples" / "tiny-recbole", budget=3, method="random", config=CONFIG,
+                     out=tmp_path / "p", progress=False)
+    assert isinstance(out.coreset, pd.DataFrame) and len(out.coreset) == 3
 
 
 def test_a_mistyped_score_is_named_before_the_pool_is_scored(tmp_path):

@@ -1,6 +1,7 @@
 """`deft prune` end to end on tiny data with the tiny model, through click's CliRunner."""
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -365,6 +366,51 @@ def test_prune_and_score_a_file_of_instruction_samples(tmp_path):
                           (["prune", "--samples", str(path), "--stride", "2", *out], "--stride shape the samples")):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_a_samples_file_comes_back_as_read(tmp_path):
+    # Whole numbers with gaps stay whole (pandas would make them 5.0), a 20-digit id is not rounded, a key some
+    # records lack comes back null (not NaN, which strict JSON parsers reject), and dates are ISO text.
+    rows = [{"instruction": "Answer.", "input": f"q{i}", "output": f"a{i}", "n": i if i % 2 else None,
+             "big": 12345678901234567890 + i, **({"tag": "x"} if i % 3 == 0 else {})} for i in range(8)]
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = ["--quiet", "prune", "--model", "tiny-llama", "--device", "cpu", "--method", "random", "--budget", "8"]
+    result = CliRunner().invoke(app, [*base, "--samples", str(path), "--out", str(tmp_path / "p")],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "p" / "coreset.jsonl").read_text().splitlines()
+    back = {r["input"]: r for r in (json.loads(line, parse_constant=pytest.fail) for line in lines)}
+    for row in rows:
+        got = back[row["input"]]
+        assert got["n"] == row["n"] and type(got["n"]) is type(row["n"]) and got["big"] == row["big"]
+        assert got["tag"] == row.get("tag")
+    dated = pd.DataFrame({"instruction": ["Answer."] * 4, "input": list("abcd"), "output": list("wxyz"),
+                          "when": pd.to_datetime(["2024-01-02", "2024-03-04", None, "2024-05-06"])})
+    dated.to_parquet(tmp_path / "dated.parquet")
+    result = CliRunner().invoke(app, [*base[:-1], "4", "--samples", str(tmp_path / "dated.parquet"), "--out",
+                                      str(tmp_path / "d")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    whens = {json.loads(line)["when"] for line in (tmp_path / "d" / "coreset.jsonl").read_text().splitlines()}
+    assert whens == {"2024-01-02T00:00:00", "2024-03-04T00:00:00", None, "2024-05-06T00:00:00"}
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"stratum": 3}, r"mine\.jsonl: the samples already have a column 'stratum'"),
+    ({"history": "['1', '2']"}, r"mine\.jsonl line 2: field 'history': must be a list of item ids, got str"),
+    ({"meta": "two"}, r"column 'meta' cannot be stored .* types \['int', 'str'\]: give every row the same type"),
+])
+def test_a_samples_file_that_cannot_be_pruned_is_refused_before_any_work(tmp_path, extra, message):
+    rows = [{"sample_id": f"s{i}", "instruction": "Answer.", "input": f"q{i}", "output": f"a{i}", "meta": i,
+             **({"history": ["1"], "user": "u", "target_item": str(i)} if "history" in extra else {})}
+            for i in range(4)]
+    rows[1].update(extra)
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = CliRunner().invoke(app, ["--quiet", "prune", "--samples", str(path), "--model", "tiny-llama", "--method",
+                                      "random", "--budget", "2", "--out", str(tmp_path / "p")])
+    assert result.exit_code != 0 and re.search(message, result.output), result.output
+    assert not (tmp_path / "p" / "coreset.jsonl").exists()
 
 
 def test_a_prune_killed_between_its_coreset_and_its_record_reruns_without_overwrite(tmp_path, monkeypatch):

@@ -1,5 +1,7 @@
 """Run directory: atomic writes, stage caching by fingerprint, refusal to mix runs, safe formats only."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,6 +14,7 @@ from deft.artifacts import (
     read_json,
     read_npy,
     write_json,
+    write_jsonl,
     write_npy,
     write_parquet,
 )
@@ -34,6 +37,25 @@ def test_fingerprints_are_stable_and_sensitive():
     f = pd.DataFrame({"x": [1, 2], "y": ["a", "b"]})
     assert frame_fingerprint(f) == frame_fingerprint(f.copy())
     assert frame_fingerprint(f) != frame_fingerprint(f.iloc[::-1].reset_index(drop=True))
+
+
+def test_long_array_cells_are_hashed_whole():
+    # numpy abbreviates arrays over 1,000 items when printing them: the middle must still count
+    a, b = np.arange(1200).astype(str), np.arange(1200).astype(str)
+    b[600] = "x"
+    assert frame_fingerprint(pd.DataFrame({"history": [a]})) != frame_fingerprint(pd.DataFrame({"history": [b]}))
+    # short arrays hash as they always did (the keys of existing run directories hold)
+    assert frame_fingerprint(pd.DataFrame({"history": [np.array(["1", "2"])]})) == "53ec24432d6f6743"
+
+
+def test_jsonl_is_strict_and_writes_dates(tmp_path):
+    when = pd.Timestamp("2024-05-01 12:30")
+    write_jsonl(tmp_path / "a.jsonl", [{"t": when, "d": np.datetime64("2024-05-02"), "day": when.date()}])
+    assert json.loads((tmp_path / "a.jsonl").read_text()) == {"t": "2024-05-01T12:30:00",
+                                                              "d": "2024-05-02T00:00:00", "day": "2024-05-01"}
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        write_jsonl(tmp_path / "b.jsonl", [{"x": float("nan")}])
+    assert not (tmp_path / "b.jsonl").exists()
 
 
 def test_stage_is_cached_and_mismatch_is_refused(tmp_path):
