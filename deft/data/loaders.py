@@ -16,6 +16,7 @@ dropped after sorting, so sub-second order survives in the row order).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from importlib import metadata
 from pathlib import Path
@@ -40,6 +41,9 @@ INSTALL_HINT = {"recbole": "pip install --no-deps recbole==1.2.1"}
 JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
 LOOKED_FOR = ("*.inter + *.item (recbole)", "u.data + u.item (movielens)", "interactions.csv + items.csv (csv)",
               "interactions.parquet + items.parquet (parquet)", "NAME.json[l][.gz] + meta_NAME.json[l][.gz] (amazon)")
+# The official Amazon review files add to the category name that their metadata file has (meta_Books): a
+# "reviews_" prefix (2014) and a k-core suffix ("_5", "_5-core"), e.g. reviews_Books_5.json, Books_5.json.gz.
+AMAZON_REVIEWS_NAME = re.compile(r"(?:reviews_)?(?P<name>.+?)(?:_\d+(?:-?core)?)?")
 
 
 def load_interactions(cfg: DataConfig) -> Interactions:
@@ -67,15 +71,17 @@ def _columns(cfg: DataConfig) -> dict[str, str | None]:
 
 
 def _read(fmt: str, files: dict[str, Path], cfg: DataConfig) -> readers.RawData:
+    # Ratings are optional data: only a min_rating filter makes a blank one an error (it would drop the event).
+    need = cfg.min_rating is not None
     if fmt == "recbole":
-        return readers.read_recbole(files["events"], files["items"], _columns(cfg))
+        return readers.read_recbole(files["events"], files["items"], _columns(cfg), require_ratings=need)
     if fmt == "movielens":
-        return readers.read_movielens(files["events"], files["items"])
+        return readers.read_movielens(files["events"], files["items"], require_ratings=need)
     if fmt == "csv":
-        return readers.read_csv_source(files["events"], files["items"], _columns(cfg))
+        return readers.read_csv_source(files["events"], files["items"], _columns(cfg), require_ratings=need)
     if fmt == "parquet":
-        return readers.read_parquet_source(files["events"], files["items"], _columns(cfg))
-    return readers.read_amazon(files["events"], files["items"])
+        return readers.read_parquet_source(files["events"], files["items"], _columns(cfg), require_ratings=need)
+    return readers.read_amazon(files["events"], files["items"], require_ratings=need)
 
 
 # ----------------------------------------------------------------------------------------------- finding files
@@ -167,8 +173,34 @@ def _locate(fmt: str, path: Path, items: str | None) -> dict[str, Path]:
             events = _one(path, reviews, "NAME.json[l][.gz] (reviews)")
         else:
             events = path
-        default_items = folder / f"meta_{events.name}"
+        return {"events": events, "items": _items_path(items, folder) if items else _amazon_meta(events)}
     return {"events": events, "items": _items_path(items, folder) if items else default_items}
+
+
+def _amazon_meta(reviews: Path) -> Path:
+    """The metadata file of a review file: ``meta_`` + its name, as is or without the prefix and k-core suffix
+    of the official names; else the folder's only ``meta_*`` file. Several candidates are an error listing them.
+    """
+    exact = reviews.parent / f"meta_{reviews.name}"
+    if exact.is_file():
+        return exact
+    metas = sorted(p for p in reviews.parent.iterdir() if p.name.startswith("meta_") and _json_name(p))
+    name = _json_name(reviews) or reviews.stem
+    stripped = AMAZON_REVIEWS_NAME.fullmatch(name)
+    for key in dict.fromkeys([name, stripped["name"] if stripped else name]):
+        named = [p for p in metas if _json_name(p) == f"meta_{key}"]
+        if named:
+            return named[0] if len(named) == 1 else _ambiguous_meta(reviews, named)
+    if len(metas) == 1:
+        return metas[0]
+    return exact if not metas else _ambiguous_meta(reviews, metas)
+
+
+def _ambiguous_meta(reviews: Path, candidates: list[Path]) -> Path:
+    listed = ", ".join(p.name for p in candidates)
+    raise DataFormatError(f"cannot tell which metadata file belongs to {reviews.name}: found {listed}; set "
+                          f"data.items to one of them (e.g. items: {candidates[0].name})", file=reviews.parent,
+                          field="data.items")
 
 
 def _one(folder: Path, candidates: list[Path], pattern: str) -> Path:

@@ -80,8 +80,25 @@ def truncate_titles(tokenizer, titles: list[str], max_title_tokens: int) -> dict
     ids = tokenizer(unique, add_special_tokens=False)["input_ids"]
     for title, toks in zip(unique, ids, strict=True):
         if len(toks) > max_title_tokens:
-            out[title] = tokenizer.decode(toks[:max_title_tokens], skip_special_tokens=True).strip()
+            out[title] = _cut_title(tokenizer, title, toks, max_title_tokens)
     return out
+
+
+def _cut_title(tokenizer, title: str, toks: list[int], limit: int) -> str:
+    """The text of the longest token prefix (at most ``limit`` tokens) that decodes cleanly and re-encodes
+    within ``limit``.
+
+    Byte-level tokens can split a multi-byte character, which decodes to U+FFFD; that text is not the title's
+    and re-encodes to more tokens than it came from (U+FFFD is three bytes), so a shorter prefix is tried.
+    Re-encoding a prefix can also merge differently; usually the first prefix passes. A title with no such
+    prefix becomes empty.
+    """
+    replaced = title.count("\ufffd")
+    for keep in range(limit, 0, -1):
+        text = tokenizer.decode(toks[:keep], skip_special_tokens=True).strip()
+        if text.count("\ufffd") <= replaced and token_lengths(tokenizer, [text])[0] <= limit:
+            return text
+    return ""
 
 
 def fit_histories(tokenizer, template: Template, histories: list[list[str]], reserve: np.ndarray,

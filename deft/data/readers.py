@@ -9,6 +9,7 @@ one record per line, which holds for every format read here except CSV fields wi
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import json
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 JSON_CHUNK = 100_000  # JSONL records parsed at a time; only the needed fields of each chunk are kept
 AMAZON_2018 = {"user": "reviewerID", "item": "asin", "timestamp": "unixReviewTime", "rating": "overall"}
 AMAZON_2023 = {"user": "user_id", "item": "parent_asin", "timestamp": "timestamp", "rating": "rating"}
+UTF8_PROBE = 1 << 20  # bytes decoded at a time when checking whether a file is UTF-8
+RATING_NEEDED = " (data.min_rating needs a rating on every interaction)"
 
 
 @dataclass(frozen=True)
@@ -163,8 +166,10 @@ def read_header(path: Path, *, sep: str) -> list[str]:
         raise DataFormatError("the file is empty", file=path) from exc
 
 
-def read_jsonl(path: Path, fields: Sequence[str]) -> Table:
-    """Read the given fields of a JSON-lines file (gzip allowed), indexed by record number."""
+def read_jsonl(path: Path, fields: Sequence[str], optional: Sequence[str] = ()) -> Table:
+    """Read the given fields of a JSON-lines file (gzip allowed), indexed by record number; a record without
+    an ``optional`` field, or a file where no record has it, gets NaN there."""
+    fields = [*fields, *(f for f in optional if f not in fields)]
     frames, found = [], {}
     try:
         with pd.read_json(path, lines=True, dtype=False, convert_dates=False, chunksize=JSON_CHUNK,
@@ -178,7 +183,8 @@ def read_jsonl(path: Path, fields: Sequence[str]) -> Table:
         raise _json_error(path) from exc
     frame = pd.concat(frames) if frames else pd.DataFrame(columns=list(fields))
     table = Table(frame, path, "record")
-    Table(pd.DataFrame(columns=list(found)), path, "record").missing_columns(fields)
+    wanted = [f for f in fields if f not in optional]
+    Table(pd.DataFrame(columns=list(found)), path, "record").missing_columns(wanted, optional)
     return table
 
 
@@ -195,8 +201,13 @@ def parse_ids(table: Table, column: str, label: str | None = None) -> pd.Series:
     return text
 
 
-def parse_numbers(table: Table, column: str, label: str | None = None) -> pd.Series:
-    """A numeric column as float64; the first value that is not a finite number is an error naming it."""
+def parse_numbers(table: Table, column: str, label: str | None = None, *, allow_missing: bool = False,
+                  why: str = "") -> pd.Series:
+    """A numeric column as float64; the first value that is not a finite number is an error naming it.
+
+    With ``allow_missing`` a blank or absent value becomes NaN (text that is not a number is still an error);
+    ``why`` is appended to the error for a missing value, to say what needs it.
+    """
     values = table.frame[column]
     if pd.api.types.is_datetime64_any_dtype(values):
         values = _unix_seconds(values)
@@ -204,13 +215,23 @@ def parse_numbers(table: Table, column: str, label: str | None = None) -> pd.Ser
     if numbers is None:
         numbers = pd.to_numeric(values, errors="coerce").astype("float64")
     bad = ~np.isfinite(numbers.to_numpy())
+    if allow_missing and bad.any():
+        bad &= ~_blank(values)
     if bad.any():
         pos = int(np.argmax(bad))
         value = values.iloc[pos]
         name = label or column
-        what = "is missing" if pd.isna(value) or str(value).strip() == "" else f"is not a number: {value!r}"
+        what = f"is missing{why}" if _blank(values.iloc[pos : pos + 1])[0] else f"is not a number: {value!r}"
         raise table.error(table.frame.index[pos], f"column '{name}' {what}", name)
     return numbers
+
+
+def _blank(values: pd.Series) -> np.ndarray:
+    """Where a value is absent (None, NaN, NaT) or empty text."""
+    blank = values.isna().to_numpy()
+    if values.dtype == object or pd.api.types.is_string_dtype(values):
+        blank = blank | (values.astype(str).str.strip() == "").to_numpy()
+    return blank
 
 
 def _fast_float(values: pd.Series) -> pd.Series | None:
@@ -258,11 +279,16 @@ def parse_titles(table: Table, item_column: str, title_column: str, label: str =
     return series[~repeated]
 
 
-def make_events(table: Table, cols: dict[str, str | None], labels: dict[str, str] | None = None) -> pd.DataFrame:
-    """The four event columns from a table; ``cols`` maps user/item/timestamp/rating to source columns."""
+def make_events(table: Table, cols: dict[str, str | None], labels: dict[str, str] | None = None, *,
+                require_ratings: bool = False) -> pd.DataFrame:
+    """The four event columns from a table; ``cols`` maps user/item/timestamp/rating to source columns.
+
+    A blank rating is NaN unless ``require_ratings`` (a ``min_rating`` filter would silently drop its event).
+    """
     labels = labels or {}
     rating_col = cols.get("rating")
-    rating = (parse_numbers(table, rating_col, labels.get("rating")) if rating_col
+    rating = (parse_numbers(table, rating_col, labels.get("rating"), allow_missing=not require_ratings,
+                            why=RATING_NEEDED) if rating_col
               else pd.Series(np.nan, index=table.frame.index))
     return pd.DataFrame({
         "user": parse_ids(table, cols["user"], labels.get("user")).to_numpy(),
@@ -280,7 +306,8 @@ def pick(columns: Sequence[str], candidates: Sequence[str | None]) -> str | None
 # ----------------------------------------------------------------------------------------------- formats
 
 
-def read_recbole(inter_path: Path, item_path: Path, cols: dict[str, str | None]) -> RawData:
+def read_recbole(inter_path: Path, item_path: Path, cols: dict[str, str | None], *,
+                 require_ratings: bool = False) -> RawData:
     """RecBole atomic files: tab-separated, header ``name:type``; the title gets " (year)" from release_year."""
     table = read_text_table(inter_path, sep="\t", header=True)
     table.frame.columns = [c.split(":", 1)[0] for c in table.frame.columns]
@@ -289,7 +316,7 @@ def read_recbole(inter_path: Path, item_path: Path, cols: dict[str, str | None])
              (("user", "user_id"), ("item", "item_id"), ("timestamp", "timestamp"), ("rating", "rating"))}
     table.missing_columns([found[k] or default for k, default in
                            (("user", "user_id"), ("item", "item_id"), ("timestamp", "timestamp"))], ["rating"])
-    events = make_events(table, found)
+    events = make_events(table, found, require_ratings=require_ratings)
 
     items = read_text_table(item_path, sep="\t", header=True)
     items.frame.columns = [c.split(":", 1)[0] for c in items.frame.columns]
@@ -310,29 +337,49 @@ def _with_year(titles: pd.Series, years: pd.Series) -> pd.Series:
     return text.where(~add, text + " (" + years + ")")
 
 
-def read_movielens(data_path: Path, item_path: Path) -> RawData:
-    """MovieLens raw files: ``u.data`` (user, item, rating, timestamp; tabs) and Latin-1 ``u.item`` (pipes)."""
+def read_movielens(data_path: Path, item_path: Path, *, require_ratings: bool = False) -> RawData:
+    """MovieLens raw files: ``u.data`` (user, item, rating, timestamp; tabs) and ``u.item`` (pipes), which is
+    UTF-8 when it decodes as such and Latin-1 (as ML-100K ships it) otherwise."""
     table = read_text_table(data_path, sep="\t", header=False)
     width = len(table.frame.columns)
     if width != 4:
         raise DataFormatError(f"expected 4 tab-separated columns (user, item, rating, timestamp), found {width}",
                               file=data_path, line=int(table.frame.index[0]) if len(table.frame) else None)
     table.frame.columns = ["user", "item", "rating", "timestamp"]
-    events = make_events(table, {"user": "user", "item": "item", "timestamp": "timestamp", "rating": "rating"})
-    # u.item is Latin-1 by design (MovieLens predates UTF-8 in its files); decoding it cannot fail.
-    items = read_text_table(item_path, sep="|", header=False, encoding="latin-1", usecols=[0, 1])
+    events = make_events(table, {"user": "user", "item": "item", "timestamp": "timestamp", "rating": "rating"},
+                         require_ratings=require_ratings)
+    # ML-100K's u.item predates UTF-8 in MovieLens files and is Latin-1, where decoding cannot fail; an edited
+    # or regenerated u.item is usually UTF-8, which Latin-1 would turn into mojibake ("CafÃ©"). Latin-1 text
+    # with accents is almost never valid UTF-8, so strict UTF-8 decides.
+    encoding = "utf-8-sig" if _is_utf8(item_path) else "latin-1"
+    items = read_text_table(item_path, sep="|", header=False, encoding=encoding, usecols=[0, 1])
     items.frame.columns = ["item", "title"]
     return RawData(events, parse_titles(items, "item", "title"), data_path, item_path, "title")
 
 
-def read_csv_source(inter_path: Path, item_path: Path, cols: dict[str, str | None]) -> RawData:
+def _is_utf8(path: Path) -> bool:
+    """Whether the whole file decodes as strict UTF-8 (read in blocks; a character may span two blocks)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+    try:
+        with _open_binary(path) as fh:
+            for block in iter(lambda: fh.read(UTF8_PROBE), b""):
+                decoder.decode(block)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def read_csv_source(inter_path: Path, item_path: Path, cols: dict[str, str | None], *,
+                    require_ratings: bool = False) -> RawData:
     """CSV interactions with configurable column names, and an items CSV with item and title columns."""
-    return _read_columns(inter_path, item_path, cols, _csv_table)
+    return _read_columns(inter_path, item_path, cols, _csv_table, require_ratings)
 
 
-def read_parquet_source(inter_path: Path, item_path: Path, cols: dict[str, str | None]) -> RawData:
+def read_parquet_source(inter_path: Path, item_path: Path, cols: dict[str, str | None], *,
+                        require_ratings: bool = False) -> RawData:
     """Parquet interactions and items, the same columns as CSV; errors name the 1-based row."""
-    return _read_columns(inter_path, item_path, cols, _parquet_table)
+    return _read_columns(inter_path, item_path, cols, _parquet_table, require_ratings)
 
 
 def _csv_table(path: Path, wanted: Sequence[str], optional: Sequence[str]) -> Table:
@@ -366,21 +413,25 @@ def _parquet_table(path: Path, wanted: Sequence[str], optional: Sequence[str]) -
     return Table(frame, path, "row")
 
 
-def _read_columns(inter_path: Path, item_path: Path, cols: dict[str, str | None], reader) -> RawData:
+def _read_columns(inter_path: Path, item_path: Path, cols: dict[str, str | None], reader,
+                  require_ratings: bool) -> RawData:
     wanted = [cols["user"], cols["item"], cols["timestamp"]]
     optional = [cols["rating"]] if cols.get("rating") else []
     table = reader(inter_path, wanted, optional)
     found = dict(cols, rating=cols["rating"] if cols.get("rating") in table.frame.columns else None)
-    events = make_events(table, found)
+    events = make_events(table, found, require_ratings=require_ratings)
     items = reader(item_path, [cols["item"], cols["title"]], [])
     return RawData(events, parse_titles(items, cols["item"], cols["title"]), inter_path, item_path, cols["title"])
 
 
-def read_amazon(reviews_path: Path, meta_path: Path) -> RawData:
-    """Amazon review JSONL (2014/2018 or 2023 fields, detected per file) and its metadata JSONL."""
+def read_amazon(reviews_path: Path, meta_path: Path, *, require_ratings: bool = False) -> RawData:
+    """Amazon review JSONL (2014/2018 or 2023 fields, detected per file) and its metadata JSONL.
+
+    The rating (``overall``/``rating``) is optional per record, as in the CSV and Parquet formats.
+    """
     fields = _amazon_fields(reviews_path)
-    table = read_jsonl(reviews_path, list(fields.values()))
-    events = make_events(table, fields)
+    table = read_jsonl(reviews_path, [fields[k] for k in ("user", "item", "timestamp")], [fields["rating"]])
+    events = make_events(table, fields, require_ratings=require_ratings)
     if fields is AMAZON_2023:
         events["timestamp"] = events["timestamp"] / 1000.0  # 2023 timestamps are milliseconds
     meta = read_jsonl(meta_path, [fields["item"], "title"])

@@ -201,6 +201,48 @@ def test_min_rating_without_ratings(tmp_path: Path) -> None:
         load(tmp_path, min_rating=3)
 
 
+def test_blank_rating_with_min_rating_names_file_line_and_field(tmp_path: Path) -> None:
+    (tmp_path / "interactions.csv").write_text("user,item,timestamp,rating\n1,a,1,5\n1,b,2,\n")
+    (tmp_path / "items.csv").write_text("item,title\na,Alpha\nb,Beta\n")
+    assert load(tmp_path).events["rating"].isna().sum() == 1  # optional without a filter that needs it
+    with pytest.raises(DataFormatError, match=r"interactions\.csv line 3: column 'rating' is missing \(data\.min_rating "
+                                              r"needs a rating on every interaction\)") as err:
+        load(tmp_path, min_rating=3)
+    assert (err.value.line, err.value.field) == (3, "rating")
+
+
+def test_amazon_record_without_rating_and_min_rating_names_its_line(tmp_path: Path) -> None:
+    folder = amazon_copy(tmp_path, "2018")
+    path = folder / "Tiny_Shop.json"
+    record = json.loads(path.read_text().splitlines()[3])
+    del record["overall"]
+    replace_line(path, 4, json.dumps(record))
+    with pytest.raises(DataFormatError, match=r"Tiny_Shop\.json line 4: column 'overall' is missing") as err:
+        load(folder, min_rating=1)
+    assert err.value.field == "overall"
+
+
+def test_a_blank_rating_that_is_not_a_number_is_still_an_error(tmp_path: Path) -> None:
+    (tmp_path / "interactions.csv").write_text("user,item,timestamp,rating\n1,a,1,5\n1,b,2,good\n")
+    (tmp_path / "items.csv").write_text("item,title\na,Alpha\nb,Beta\n")
+    with pytest.raises(DataFormatError, match=r"interactions\.csv line 3: column 'rating' is not a number: 'good'"):
+        load(tmp_path)
+
+
+def test_ambiguous_amazon_metadata_lists_candidates(tmp_path: Path) -> None:
+    source = SAMPLES / "tiny-amazon-2023"
+    shutil.copy(source / "Tiny_Shop.jsonl", tmp_path / "Books_5.jsonl")
+    for name in ("meta_Toys.jsonl", "meta_Games.jsonl"):  # neither is named after the reviews
+        shutil.copy(source / "meta_Tiny_Shop.jsonl", tmp_path / name)
+    with pytest.raises(DataFormatError) as err:
+        load(tmp_path)
+    assert str(err.value).endswith(": field 'data.items': cannot tell which metadata file belongs to Books_5.jsonl: "
+                                   "found meta_Games.jsonl, meta_Toys.jsonl; set data.items to one of them "
+                                   "(e.g. items: meta_Games.jsonl)")
+    assert (err.value.file, err.value.field) == (str(tmp_path), "data.items")
+    assert len(load(tmp_path, items="meta_Toys.jsonl").events) == 13
+
+
 def test_items_without_titles_are_listed(tmp_path: Path) -> None:
     folder = recbole_dir(tmp_path)
     lines = (folder / "ml-100k.item").read_text(encoding="utf-8").splitlines()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import importlib.metadata
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -11,7 +13,7 @@ import pandas as pd
 import pytest
 
 from deft.config import DataConfig
-from deft.data import detect_format, load_interactions, natural_key
+from deft.data import detect_format, load_interactions, natural_key, readers
 
 SAMPLES = Path(__file__).resolve().parents[2] / "data_samples"
 MOVIE_DIRS = ["tiny-recbole", "tiny-movielens", "tiny-csv", "tiny-parquet"]
@@ -121,6 +123,69 @@ def test_movielens_item_file_is_latin1() -> None:
     raw = (SAMPLES / "tiny-movielens" / "u.item").read_bytes()
     assert "Crème".encode("latin-1") in raw
     assert load(SAMPLES / "tiny-movielens").titles["10"] == "Crème Brûlée at Dawn (1990)"
+
+
+@pytest.mark.parametrize("probe", [readers.UTF8_PROBE, 1])  # 1: every multi-byte character spans two reads
+def test_movielens_item_file_may_be_utf8(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, probe: int) -> None:
+    monkeypatch.setattr(readers, "UTF8_PROBE", probe)
+    shutil.copytree(SAMPLES / "tiny-movielens", tmp_path / "ml")
+    item = tmp_path / "ml" / "u.item"
+    item.write_bytes(item.read_bytes().decode("latin-1").encode("utf-8"))
+    assert load(tmp_path / "ml").titles == TITLES  # not "CrÃ¨me BrÃ»lÃ©e"
+
+
+@pytest.mark.parametrize("name", ["tiny-csv", "tiny-parquet"])
+def test_blank_ratings_are_nan_without_min_rating(tmp_path: Path, name: str) -> None:
+    shutil.copytree(SAMPLES / name, tmp_path / name)
+    events_file = tmp_path / name / f"interactions.{name[5:]}"
+    if name == "tiny-csv":
+        lines = events_file.read_text().splitlines()
+        for number in (2, 5):  # blank the rating (the last field) of two rows
+            lines[number - 1] = lines[number - 1].rsplit(",", 1)[0] + ","
+        events_file.write_text("\n".join(lines) + "\n")
+    else:
+        frame = pd.read_parquet(events_file)
+        frame["rating"] = frame["rating"].astype("float64")
+        frame.loc[[0, 3], "rating"] = None
+        frame.to_parquet(events_file, index=False)
+    events = load(tmp_path / name).events
+    assert sequences(events) == SEQUENCES
+    assert events["rating"].isna().sum() == 2 and events["rating"].dtype == "float64"
+
+
+@pytest.mark.parametrize(("year", "file", "rating"), [("2018", "Tiny_Shop.json", "overall"),
+                                                        ("2023", "Tiny_Shop.jsonl", "rating")])
+def test_amazon_reviews_without_a_rating_load(tmp_path: Path, year: str, file: str, rating: str) -> None:
+    folder = tmp_path / year
+    shutil.copytree(SAMPLES / f"tiny-amazon-{year}", folder)
+    records = [json.loads(line) for line in (folder / file).read_text().splitlines()]
+    del records[1][rating]
+    (folder / file).write_text("".join(json.dumps(r) + "\n" for r in records))
+    events = load(folder).events
+    assert len(events) == 13 and events["rating"].isna().sum() == 1
+    for r in records:  # no record has a rating at all
+        r.pop(rating, None)
+    (folder / file).write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert load(folder).events["rating"].isna().all()
+
+
+@pytest.mark.parametrize(("year", "reviews", "meta"), [
+    ("2018", "reviews_Tiny_Shop_5.json", "meta_Tiny_Shop.json"),  # 2014 names
+    ("2018", "reviews_Tiny_Shop.json", "meta_Tiny_Shop.json"),
+    ("2018", "Tiny_Shop_5.json.gz", "meta_Tiny_Shop.json.gz"),  # 2018 names
+    ("2023", "Tiny_Shop_5.jsonl", "meta_Tiny_Shop.jsonl"),
+    ("2023", "Tiny_Shop_5-core.jsonl.gz", "meta_Tiny_Shop.jsonl"),
+    ("2023", "reviews.jsonl", "meta_Toys.jsonl"),  # unrelated names, but the folder's only metadata file
+])
+def test_amazon_official_file_names_pair(tmp_path: Path, year: str, reviews: str, meta: str) -> None:
+    source = SAMPLES / f"tiny-amazon-{year}"
+    for src, dst in ((next(source.glob("Tiny_Shop.*")), reviews), (next(source.glob("meta_*")), meta)):
+        data = src.read_bytes()
+        (tmp_path / dst).write_bytes(gzip.compress(data) if dst.endswith(".gz") else data)
+    for path in (tmp_path, tmp_path / reviews):  # a directory, or the review file itself
+        inter = load(path)
+        assert len(inter.events) == 13
+        assert inter.titles["B0TOY00003"] == "Wooden Marble Run, 40 Pieces"
 
 
 @pytest.mark.parametrize("name", ["tiny-amazon-2018", "tiny-amazon-2023"])

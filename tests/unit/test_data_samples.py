@@ -19,6 +19,7 @@ from deft.data import (
     valid_samples,
 )
 from deft.data.encoding import encode_pair
+from deft.data.prompts import truncate_titles
 
 SAMPLES = Path(__file__).resolve().parents[2] / "data_samples"
 # Short texts so token counts are easy to check by hand with a whitespace/punctuation tokenizer.
@@ -218,6 +219,33 @@ def test_over_long_title_is_truncated_not_fatal(data, tokenizer) -> None:
     assert all(token_count(tokenizer, r) <= 64 for r in frame.itertuples())
     untrimmed = build_samples(split, titles, SamplesConfig(), PromptConfig(max_tokens=64))
     assert untrimmed.set_index("sample_id").loc["1:2", "output"] == titles["3"]  # no tokenizer: no trimming
+
+
+@pytest.fixture(scope="module")
+def byte_tokenizer():
+    """A byte-level tokenizer without merges: one token per UTF-8 byte, so a cut can split a character."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    backend = Tokenizer(models.BPE({c: i for i, c in enumerate(alphabet)}, []))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=backend)
+
+
+@pytest.mark.parametrize(("title", "limit", "cut"), [
+    ("Café au lait (1999)", 4, "Caf"),  # the 4th token is the first byte of "é"
+    ("Café au lait (1999)", 5, "Café"),
+    ("日本語の映画", 5, "日"),  # 3 bytes per character
+    ("🎬 Premiere Night", 3, ""),  # the first character alone needs 4 tokens
+    ("Bad \ufffd byte and more", 8, "Bad \ufffd"),  # a U+FFFD the title has may stay
+])
+def test_truncated_title_never_splits_a_character(byte_tokenizer, title: str, limit: int, cut: str) -> None:
+    text = truncate_titles(byte_tokenizer, [title], limit)[title]
+    assert text == cut
+    assert text.count("\ufffd") <= title.count("\ufffd")
+    assert len(byte_tokenizer(text, add_special_tokens=False)["input_ids"]) <= limit
 
 
 def test_eval_users_reserve_room_for_the_answer(data, tokenizer) -> None:
