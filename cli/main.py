@@ -5,6 +5,7 @@ Heavy modules (torch, transformers) are imported inside commands so `deft --help
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import warnings
@@ -63,7 +64,7 @@ def app(ctx: click.Context, quiet: bool, debug: bool) -> None:
     """DEFT: data-efficient fine-tuning of LLMs.
 
     Score a pool of fine-tuning samples, select a small coreset (DEALRec and baselines), fine-tune with LoRA
-    and evaluate. Every command writes into a run directory and reuses finished stages.
+    and evaluate. Commands that compute write into a run directory and reuse finished stages.
 
     \b
     Examples (one per command):
@@ -103,7 +104,7 @@ def _config(config_path: str | None, overrides: dict[str, Any]):
     return from_dict(nested)
 
 
-def _data_options(f):
+def _data_options(f, *, stride: bool = True):
     options = [
         click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML config file."),
         click.option("--format", "fmt", type=click.Choice(["auto", "recbole", "movielens", "csv", "parquet", "amazon"]),
@@ -115,6 +116,8 @@ def _data_options(f):
         click.option("--max-history", type=int, help="Most recent items in a sample's history (H)."),
         click.option("--stride", type=int, help="Keep every stride-th sliding-window sample."),
     ]
+    if not stride:
+        options.pop()
     for option in reversed(options):
         f = option(f)
     return f
@@ -323,7 +326,7 @@ def train(ctx, samples_path, valid_path, out, config_path, model, device, epochs
 
 @app.command()
 @click.argument("source", required=False)  # none: the config's data.source (default ml-100k)
-@_data_options
+@functools.partial(_data_options, stride=False)  # test prompts are one per user: a stride has nothing to thin
 @click.option("--adapter", type=click.Path(file_okay=False), help="LoRA adapter directory (none = the base model).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--model", help="Target LLM (default smollm2-135m).")
@@ -331,8 +334,8 @@ def train(ctx, samples_path, valid_path, out, config_path, model, device, epochs
 @click.option("--max-users", type=int, help="Evaluate the first N test users only.")
 @click.option("--overwrite", is_flag=True, help="Replace an evaluation in OUT made with other inputs or settings.")
 @click.pass_context
-def evaluate(ctx, source, config_path, fmt, items, split, construction, max_history, stride, adapter, out, model,
-             device, max_users, overwrite) -> None:
+def evaluate(ctx, source, config_path, fmt, items, split, construction, max_history, adapter, out, model, device,
+             max_users, overwrite) -> None:
     """BIGRec grounding evaluation: generate for every test user, ground to items, Recall/NDCG@K.
 
     \b
@@ -340,7 +343,7 @@ def evaluate(ctx, source, config_path, fmt, items, split, construction, max_hist
     """
     from deft.pipeline import run_evaluate
 
-    overrides = _data_overrides(source, fmt, items, split, construction, max_history, stride)
+    overrides = _data_overrides(source, fmt, items, split, construction, max_history, None)
     overrides.update({"model.name": model, "model.device": device, "evaluation.max_users": max_users})
     cfg = _config(config_path, overrides)
     result = run_evaluate(cfg, adapter, out, progress=not ctx.obj["quiet"], overwrite=overwrite)
