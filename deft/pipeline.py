@@ -584,7 +584,7 @@ def _check_sample_fields(frame: pd.DataFrame, path: Path | None, lines: list[int
     for name in ("sample_id", "user", "target_item"):
         if name in frame.columns and frame[name].isna().any():
             raise _row_error("is missing", int(np.flatnonzero(frame[name].isna().to_numpy())[0]), name, path, lines)
-    if "history" in frame.columns:
+    if {"user", "history", "target_item"} <= set(frame.columns):  # what rebuilds the surrogate's sequences
         # a history read back from CSV is the text "['1', '2']": iterated, it would be items '[', "'", '1', ...
         histories = frame["history"].tolist()
         bad = next((i for i, h in enumerate(histories) if not isinstance(h, (list, tuple, np.ndarray))), None)
