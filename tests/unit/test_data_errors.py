@@ -36,6 +36,13 @@ def replace_line(path: Path, number: int, text: str) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def drop_field(path: Path, number: int, field: str) -> None:
+    """Remove one field from the JSON record on line ``number``."""
+    record = json.loads(path.read_text(encoding="utf-8").splitlines()[number - 1])
+    del record[field]
+    replace_line(path, number, json.dumps(record))
+
+
 def test_non_numeric_timestamp_names_file_line_column_and_value(tmp_path: Path) -> None:
     folder = recbole_dir(tmp_path)
     replace_line(folder / "ml-100k.inter", 17, "5\t4\t3\tabc")
@@ -213,10 +220,7 @@ def test_blank_rating_with_min_rating_names_file_line_and_field(tmp_path: Path) 
 
 def test_amazon_record_without_rating_and_min_rating_names_its_line(tmp_path: Path) -> None:
     folder = amazon_copy(tmp_path, "2018")
-    path = folder / "Tiny_Shop.json"
-    record = json.loads(path.read_text().splitlines()[3])
-    del record["overall"]
-    replace_line(path, 4, json.dumps(record))
+    drop_field(folder / "Tiny_Shop.json", 4, "overall")
     with pytest.raises(DataFormatError, match=r"Tiny_Shop\.json line 4: column 'overall' is missing") as err:
         load(folder, min_rating=1)
     assert err.value.field == "overall"
@@ -296,9 +300,7 @@ def test_json_line_that_is_not_an_object(tmp_path: Path) -> None:
 def test_json_record_missing_a_field_names_its_line(tmp_path: Path) -> None:
     folder = amazon_copy(tmp_path, "2023")
     path = folder / "Tiny_Shop.jsonl"
-    record = json.loads(path.read_text().splitlines()[3])
-    del record["parent_asin"]
-    replace_line(path, 4, json.dumps(record))
+    drop_field(path, 4, "parent_asin")
     text = path.read_text().replace("\n", "\n\n", 1)  # a blank line 2 shifts the broken record to line 5
     path.write_text(text)
     with pytest.raises(DataFormatError, match=r"Tiny_Shop\.jsonl line 5: column 'parent_asin' is missing"):
