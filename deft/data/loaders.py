@@ -186,8 +186,7 @@ def _amazon_meta(reviews: Path) -> Path:
         return exact
     metas = sorted(p for p in reviews.parent.iterdir() if p.name.startswith("meta_") and _json_name(p))
     name = _json_name(reviews) or reviews.stem
-    stripped = AMAZON_REVIEWS_NAME.fullmatch(name)
-    for key in dict.fromkeys([name, stripped["name"] if stripped else name]):
+    for key in dict.fromkeys([name, AMAZON_REVIEWS_NAME.fullmatch(name)["name"]]):  # the pattern fits any name
         named = [p for p in metas if _json_name(p) == f"meta_{key}"]
         if named:
             return named[0] if len(named) == 1 else _ambiguous_meta(reviews, named)

@@ -169,22 +169,21 @@ def read_header(path: Path, *, sep: str) -> list[str]:
 def read_jsonl(path: Path, fields: Sequence[str], optional: Sequence[str] = ()) -> Table:
     """Read the given fields of a JSON-lines file (gzip allowed), indexed by record number; a record without
     an ``optional`` field, or a file where no record has it, gets NaN there."""
-    fields = [*fields, *(f for f in optional if f not in fields)]
+    columns = [*fields, *(f for f in optional if f not in fields)]
     frames, found = [], {}
     try:
         with pd.read_json(path, lines=True, dtype=False, convert_dates=False, chunksize=JSON_CHUNK,
                           encoding="utf-8") as reader:
             for chunk in reader:
                 found.update(dict.fromkeys(chunk.columns))
-                frames.append(chunk.reindex(columns=list(fields)))
+                frames.append(chunk.reindex(columns=columns))
     except UnicodeDecodeError as exc:
         raise _utf8_error(path, exc) from exc
     except (ValueError, TypeError) as exc:  # TypeError: a line that is JSON but not an object, e.g. [1, 2]
         raise _json_error(path) from exc
-    frame = pd.concat(frames) if frames else pd.DataFrame(columns=list(fields))
+    frame = pd.concat(frames) if frames else pd.DataFrame(columns=columns)
     table = Table(frame, path, "record")
-    wanted = [f for f in fields if f not in optional]
-    Table(pd.DataFrame(columns=list(found)), path, "record").missing_columns(wanted, optional)
+    Table(pd.DataFrame(columns=list(found)), path, "record").missing_columns(list(fields), optional)
     return table
 
 
