@@ -80,6 +80,8 @@ def test_user_sequences_do_not_depend_on_the_row_order(pool, caplog):
     conflict = repeats.assign(history=[["a", "a"], ["a", "x"], ["a", "a"]])
     with pytest.raises(DeftError, match=r"user u: samples 'u:2' and 'u:3' disagree on the item at position 2"):
         split_from_samples(conflict)
+    with pytest.raises(DeftError, match=r"user u: sample 'u:1' has 2 history items before position 1"):
+        split_from_samples(repeats.assign(sample_id=["u:1", "u:3", "u:4"]))
     # Other ids are merged in table order; a shuffle shows as repeated items, and is reported.
     other_ids = pool.assign(sample_id=[f"s{i}" for i in range(len(pool))])
     assert split_from_samples(other_ids).train == in_order.train and "repeat an item" not in caplog.text
