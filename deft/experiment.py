@@ -19,6 +19,7 @@ import pandas as pd
 from deft.artifacts import (
     fingerprint,
     frame_fingerprint,
+    machine_label,
     measure,
     read_json,
     read_parquet,
@@ -272,13 +273,14 @@ def _run_arm(pipe: Pipeline, pool: Pool, scores: pd.DataFrame, valid: pd.DataFra
     record = {"key": run.key, "arm": run.arm, "budget": run.budget, "seed": run.seed, "fingerprint": fp,
               "samples": int(len(indices)), "metrics": evaluated.metrics,
               "train": {"wall_s": trained.wall_s, "epochs": trained.epochs_run, "best_epoch": trained.best_epoch,
-                        "steps": trained.steps,
+                        "steps": trained.steps, "sessions": trained.sessions,
                         "best_valid_loss": trained.best_valid_loss, "samples_per_s": trained.samples_per_s,
                         "peak_mb": train_cost.peak_mb},
               "selection": {"wall_s": select_cost.wall_s, "peak_mb": select_cost.peak_mb,
                             **_selection_facts(selection, coreset)},
               "eval": {"wall_s": evaluated.wall_s, "s_per_user": evaluated.s_per_user, "peak_mb": eval_cost.peak_mb,
                        "users_fingerprint": _eval_users_fingerprint(pipe, users)},
+              "machine": machine_label(),  # where it finished; train.sessions says where its training ran
               "per_user": str((arm_dir / "eval" / "per_user.parquet").relative_to(pipe.run.root)),
               "score_plot": None if score_plot is None else str(score_plot.relative_to(pipe.run.root))}
     write_json(record_path, record)

@@ -36,6 +36,7 @@ from deft.artifacts import (
     existing_dir,
     fingerprint,
     frame_fingerprint,
+    machine_label,
     read_json,
     save_safetensors,
     with_code,
@@ -67,6 +68,9 @@ class TrainResult:
     # epochs trained when the kept adapter was saved (fractional when validating inside an epoch): what the
     # early stopping found the data needed, while epochs_run includes the patience that confirmed it
     best_epoch: float | None = None
+    # where each session of a training resumed over several ran: {"step", "wall_s", "machine"} at its start.
+    # A training carried between machines mixes their speeds in wall_s; this says how. None: not recorded.
+    sessions: list[dict[str, Any]] | None = None
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -241,7 +245,8 @@ def _result_from_json(out_dir: Path, saved: dict[str, Any]) -> TrainResult:
     best = saved["best_epoch"] if "best_epoch" in saved else best_epoch_from_log(
         out_dir / "train_log.json", saved["steps"] / max(1, saved["epochs_run"]))
     return TrainResult(out_dir / "adapter", saved["best_valid_loss"], saved["epochs_run"], saved["steps"],
-                       saved["wall_s"], saved["samples_per_s"], out_dir / "train_log.json", best)
+                       saved["wall_s"], saved["samples_per_s"], out_dir / "train_log.json", best,
+                       saved.get("sessions"))
 
 
 def best_epoch_from_log(log_path: Path, steps_per_epoch: float) -> float | None:
@@ -364,6 +369,8 @@ def train_lora(loaded: LoadedModel, train: pd.DataFrame, valid: pd.DataFrame | N
             st = _load_checkpoint(resume_from, model, optimizer, loaded.device)
             scheduler.load_state_dict(st.pop("scheduler"))
             log.info("resuming %s from step %d", out_dir, st["step"])
+        st.setdefault("sessions", []).append({"step": st["step"], "wall_s": round(st["wall_s"], 3),
+                                              "machine": machine_label()})
         model.train()
         bar = tqdm(total=total_steps, initial=st["step"], desc="train", disable=not progress)
         t0 = time.perf_counter() - st["wall_s"]  # wall time accumulates over resumed sessions
@@ -437,7 +444,7 @@ def train_lora(loaded: LoadedModel, train: pd.DataFrame, valid: pd.DataFrame | N
         wall = time.perf_counter() - t0
         result = TrainResult(out_dir / "adapter", st["best_valid_loss"], st["epoch"] + (st["next_batch"] > 0),
                              st["step"], round(wall, 3), st["samples"] / max(wall, 1e-9),
-                             out_dir / "train_log.json", _best_epoch(st, steps_per_epoch))
+                             out_dir / "train_log.json", _best_epoch(st, steps_per_epoch), st["sessions"])
     finally:
         detach_lora(model)
     write_json(out_dir / "train_log.json", st["log"])

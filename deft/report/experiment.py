@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from deft.artifacts import machine_info, write_json, write_text
+from deft.artifacts import machine_info, machine_label, write_json, write_text
 from deft.config import headline_k
 from deft.report.common import markdown_table, new_figure, save_figure
 
@@ -327,6 +327,38 @@ def settings_lines(config: dict[str, Any]) -> list[str]:
     return lines + ([f"- selection: {'; '.join(parts)}"] if parts else [])
 
 
+def measured_on(payload: dict[str, Any]) -> dict[str, list[str]]:
+    """Which stages and runs each machine measured: a long experiment can be carried between machines, and
+    then its cost ledger compares times taken on different CPUs. Stages and runs recorded before machines were
+    recorded are left out."""
+    where: dict[str, list[str]] = {}
+    for name, cost in (payload.get("shared_stages") or {}).items():
+        if cost.get("machine"):
+            where.setdefault(cost["machine"], []).append(f"stage {name}")
+    for run in payload.get("runs") or []:
+        parts = [(s["machine"], f"training from step {s['step']}") for s in (run.get("train") or {}).get("sessions") or []]
+        parts += [(run["machine"], "evaluation")] if run.get("machine") else []
+        if len({machine for machine, _ in parts}) == 1:
+            where.setdefault(parts[0][0], []).append(run["key"])
+        else:  # carried between machines midway: say which part ran where
+            for machine, part in parts:
+                where.setdefault(machine, []).append(f"{run['key']} ({part})")
+    return where
+
+
+def machine_lines(payload: dict[str, Any], current: str) -> list[str]:
+    """Nothing when every recorded time comes from the machine writing the report; else which machine
+    measured what, since a cost fraction across machines is not a like-for-like comparison."""
+    where = measured_on(payload)
+    if not where or set(where) == {current}:
+        return []
+    lines = ["- **measured on more than one machine**: the cost fractions below compare times taken on "
+             "different CPUs"]
+    for machine, what in where.items():
+        lines.append(f"  - {machine}: {', '.join(what)}")
+    return lines
+
+
 def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[Path, Path]:
     """results.json (everything) and results.md (tables, verdict, cost ledger, plots) in ``root``."""
     root = Path(root)
@@ -351,7 +383,8 @@ def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[
         "",
         f"- command: `{payload.get('command') or 'deft run'}`",
         f"- date: {payload['date']}",
-        f"- machine: {machine.get('cpu')} ({machine.get('cores')} cores){', GPU ' + machine['gpu'] if machine.get('gpu') else ''}",
+        f"- machine: {machine_label(machine)}",
+        *machine_lines(payload, machine_label(machine)),
         f"- pool: {payload['pool_size']} samples; test users: {payload['test_users']}",
         *settings_lines(payload.get("config") or {}),
         "",

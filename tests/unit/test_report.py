@@ -204,6 +204,25 @@ def test_status_banner_only_while_runs_are_pending():
     assert "headline" not in lines[0]
 
 
+def test_machine_lines_name_what_each_machine_measured_only_when_there_are_several():
+    from deft.report.experiment import machine_lines
+
+    a, b = "AMD EPYC (2 cores)", "Intel Xeon (2 cores)"
+    one = {"shared_stages": {"effort": {"wall_s": 5.0, "machine": a}, "old": {"wall_s": 1.0}},
+           "runs": [{"key": "random-8-s0", "machine": a, "train": {"sessions": [{"step": 0, "machine": a}]}}]}
+    assert machine_lines(one, a) == []
+    assert machine_lines({"runs": [{"key": "x", "train": {}}]}, a) == []  # recorded before machines were
+    # everything measured elsewhere than where the report is written: say so
+    assert machine_lines(one, b)[1] == f"  - {a}: stage effort, random-8-s0"
+    carried = {"shared_stages": one["shared_stages"], "runs": [
+        *one["runs"], {"key": "full-all-s0", "machine": b,
+                       "train": {"sessions": [{"step": 0, "machine": a}, {"step": 634, "machine": b}]}}]}
+    lines = machine_lines(carried, b)
+    assert "more than one machine" in lines[0]
+    assert lines[1:] == [f"  - {a}: stage effort, random-8-s0, full-all-s0 (training from step 0)",
+                         f"  - {b}: full-all-s0 (training from step 634), full-all-s0 (evaluation)"]
+
+
 def test_verdict_placeholder_says_whether_dealrec_is_pending():
     from deft.report.experiment import _no_verdict, _users_phrase
 

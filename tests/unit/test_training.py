@@ -134,8 +134,14 @@ def test_resume_gives_the_same_adapter(tiny, tmp_path, monkeypatch):
         train_lora(tiny, _frame(), _frame(4), LoraConfig(), cfg, tmp_path / "b", progress=False)
     assert read_json(tmp_path / "b" / "checkpoint" / "state.json")["step"] == 2
     monkeypatch.setattr(training, "_save_checkpoint", real_save)
+    # carried to another machine for the rest: the result says which steps ran where
+    monkeypatch.setattr(training, "machine_label", lambda: "Other CPU (2 cores)")
     resumed = train_lora(tiny, _frame(), _frame(4), LoraConfig(), cfg, tmp_path / "b", progress=False)
 
+    assert [(s["step"], s["machine"]) for s in resumed.sessions] == [
+        (0, straight.sessions[0]["machine"]), (2, "Other CPU (2 cores)")]
+    assert resumed.sessions[1]["wall_s"] > 0 and len(straight.sessions) == 1
+    assert read_json(tmp_path / "b" / "train_result.json")["sessions"] == resumed.sessions
     assert resumed.steps == straight.steps == 4 and resumed.best_valid_loss == straight.best_valid_loss
     assert resumed.best_epoch == straight.best_epoch is not None
     a = load_file(str(straight.adapter_dir / "adapter_model.safetensors"))
