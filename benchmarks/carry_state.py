@@ -39,10 +39,11 @@ def carried_files(run_dir: Path) -> list[Path]:
     def walk(directory: Path) -> None:
         for entry in sorted(directory.iterdir()):
             rel = entry.relative_to(run_dir)
-            if entry.name.startswith(".") or entry.name.endswith(".tmp"):  # a write in progress, not yet renamed in
-                continue
+            if entry.name.startswith(".") or entry.name.endswith(".tmp"):
+                continue  # a write in progress, not yet renamed in
             if entry.is_dir():
-                if not (len(rel.parts) == 1 and rel.name in SKIP_DIRS) and not _finished_run_adapter(rel, run_dir):
+                skipped = (len(rel.parts) == 1 and rel.name in SKIP_DIRS) or _finished_run_adapter(rel, run_dir)
+                if not skipped:
                     walk(entry)
             elif entry.is_file():
                 out.append(rel)

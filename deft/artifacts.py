@@ -388,7 +388,8 @@ class RunDir:
         for p in sorted((self.root / "stages").glob("*.json")):
             meta = read_json(p)
             if meta.get("done"):  # a pending stage's record may still hold an earlier run's costs
-                out[meta["stage"]] = {k: meta[k] for k in ("wall_s", "peak_mb", "cuda_peak_mb", "machine") if k in meta}
+                kept = ("wall_s", "peak_mb", "cuda_peak_mb", "machine")
+                out[meta["stage"]] = {k: meta[k] for k in kept if k in meta}
         return out
 
     def guard_output(self, path: str | Path) -> None:

@@ -336,7 +336,8 @@ def measured_on(payload: dict[str, Any]) -> dict[str, list[str]]:
         if cost.get("machine"):
             where.setdefault(cost["machine"], []).append(f"stage {name}")
     for run in payload.get("runs") or []:
-        parts = [(s["machine"], f"training from step {s['step']}") for s in (run.get("train") or {}).get("sessions") or []]
+        sessions = (run.get("train") or {}).get("sessions") or []
+        parts = [(s["machine"], f"training from step {s['step']}") for s in sessions]
         parts += [(run["machine"], "evaluation")] if run.get("machine") else []
         if len({machine for machine, _ in parts}) == 1:
             where.setdefault(parts[0][0], []).append(run["key"])
