@@ -379,13 +379,14 @@ def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[
     stage_lines = [f"| {name} | {c.get('wall_s', 0):.1f} | {c.get('peak_mb', 0):.0f} |"
                    for name, c in payload.get("shared_stages", {}).items()]
     images = selection_images(payload["runs"])
+    spanned = machine_lines(payload, machine_label(machine))
     md = [
         "# Experiment results",
         "",
         f"- command: `{payload.get('command') or 'deft run'}`",
         f"- date: {payload['date']}",
         f"- machine: {machine_label(machine)}",
-        *machine_lines(payload, machine_label(machine)),
+        *spanned,
         f"- pool: {payload['pool_size']} samples; test users: {payload['test_users']}",
         *settings_lines(payload.get("config") or {}),
         "",
@@ -399,7 +400,8 @@ def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[
         experiment_table(summary, ks),
         "",
         "`pruning+training / full` = (scoring stages the arm needs + selection + fine-tuning) / the `full` arm's "
-        "fine-tuning time, measured in this run on this machine. A shared stage is charged in full to every arm "
+        f"fine-tuning time, measured in this run {'on the machines listed above' if spanned else 'on this machine'}. "
+        "A shared stage is charged in full to every arm "
         "that needs it: `grand` and `el2n` (and `ccs` when it stratifies one of them) each pay the whole `baselines` "
         "stage, which computes GraNd and EL2N in one pass; `dealrec`, `greedy` and `influence_only` each pay the "
         "surrogate. "
