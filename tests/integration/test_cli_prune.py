@@ -155,7 +155,9 @@ def test_stage_costs_are_not_nested(tmp_path, monkeypatch):
     assert _prune(out).exit_code == 0
     stages = json.loads((out / "manifest.json").read_text())["stages"]
     assert stages["surrogate"]["wall_s"] >= 1.0
-    assert stages["influence"]["wall_s"] < 0.9
+    # nested, influence would last at least as long as the surrogate; compared, not against a fixed bound,
+    # so that a loaded machine slowing both cannot fail it
+    assert stages["influence"]["wall_s"] < stages["surrogate"]["wall_s"]
 
 
 def test_score_command_writes_every_requested_column(tmp_path):
