@@ -11,7 +11,7 @@ PYTHON := $(ENVDIR)/bin/python
 STAMP := $(ENVDIR)/.deft-installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: install test test-slow demo lint clean-demo
+.PHONY: install test test-slow demo lint clean-demo bench-cpu bench-cpu-save
 
 $(PYTHON):
 	@echo ">> creating virtual environment $(ENVDIR)"
@@ -42,3 +42,17 @@ lint: install
 demo: install
 	@echo ">> pruning ML-100K with SmolLM2-135M into $(DEMO_OUT) (reuses finished stages)"
 	$(ENVDIR)/bin/deft prune ml-100k --config configs/demo.yaml --out $(DEMO_OUT)
+
+# The CPU tier runs for days across sessions that may start on a fresh clone: `bench-cpu` first restores the
+# state committed in benchmarks/state/ (when runs/ has none), then resumes; `bench-cpu-save` copies the state
+# back for a commit (right after a training checkpoint; see benchmarks/carry_state.py).
+BENCH_RUN := runs/bench-ml100k-cpu
+BENCH_STATE := benchmarks/state/ml100k-cpu
+
+bench-cpu: install
+	@if [ ! -d $(BENCH_RUN) ] && [ -d $(BENCH_STATE) ]; then \
+		$(PYTHON) benchmarks/carry_state.py restore $(BENCH_STATE) $(BENCH_RUN); fi
+	$(ENVDIR)/bin/deft bench ml100k-cpu --out $(BENCH_RUN)
+
+bench-cpu-save:
+	$(PYTHON) benchmarks/carry_state.py save $(BENCH_RUN) $(BENCH_STATE)
