@@ -1,7 +1,25 @@
-"""Suite-wide settings: every test runs tiny models, where threads cost more than they save."""
+"""Suite-wide settings (every test runs tiny models, where threads cost more than they save) and helpers."""
+
+import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """Import a script of benchmarks/ (not a package) by name: ``benchmark_script("carry_state")``."""
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(autouse=True, scope="session")

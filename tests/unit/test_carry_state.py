@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "carry_state.py"
-
 
 @pytest.fixture(scope="module")
-def carry():
-    spec = importlib.util.spec_from_file_location("carry_state", _SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def carry(benchmark_script):
+    return benchmark_script("carry_state")
 
 
 def _write(root: Path, rel: str, text: str = "x") -> None:

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "publish_results.py"
-
 
 @pytest.fixture(scope="module")
-def publish_results():
-    spec = importlib.util.spec_from_file_location("publish_results", _SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def publish_results(benchmark_script):
+    return benchmark_script("publish_results")
 
 
 def _experiment(root: Path, keys: list[str]) -> Path:
