@@ -150,9 +150,7 @@ def status_lines(status: dict[str, Any] | None) -> list[str]:
             f"Pending: {', '.join(status['pending'])}.", ""]
 
 
-def speed_lines(runs: list[dict[str, Any]]) -> list[str]:
-    """Training seconds per sample and evaluation seconds per test user on this machine (median and range over
-    the finished runs): what a user needs to size their own run."""
+def _speed_bullets(runs: list[dict[str, Any]]) -> list[str]:
     trained = [1.0 / r["train"]["samples_per_s"] for r in runs if r["train"].get("samples_per_s")]
     evaluated = [r["eval"]["s_per_user"] for r in runs if r["eval"].get("s_per_user")]
     if not trained or not evaluated:
@@ -162,10 +160,28 @@ def speed_lines(runs: list[dict[str, Any]]) -> list[str]:
         values = sorted(values)
         return f"{float(np.median(values)):.3f} s (range {values[0]:.3f}-{values[-1]:.3f}, {len(values)} runs)"
 
-    return ["## Speed on this machine", "",
-            f"- fine-tuning: {spread(trained)} per training sample, each epoch's pass counted, validation "
+    return [f"- fine-tuning: {spread(trained)} per training sample, each epoch's pass counted, validation "
             "passes included",
-            f"- evaluation: {spread(evaluated)} per test user (generation, grounding and metrics)", ""]
+            f"- evaluation: {spread(evaluated)} per test user (generation, grounding and metrics)"]
+
+
+def speed_lines(runs: list[dict[str, Any]], current: str | None = None) -> list[str]:
+    """Training seconds per sample and evaluation seconds per test user (median and range over the finished
+    runs): what a user needs to size their own run. Runs that name another machine than ``current`` (the one
+    writing the report) are summarised per machine, since their speeds do not mix."""
+    groups: dict[str | None, list[dict[str, Any]]] = {}
+    for run in runs:
+        machine = run.get("machine")
+        groups.setdefault(None if machine == current else machine, []).append(run)
+    blocks = [(machine, bullets) for machine, group in groups.items() if (bullets := _speed_bullets(group))]
+    if not blocks:
+        return []
+    if len(blocks) == 1 and blocks[0][0] is None:
+        return ["## Speed on this machine", "", *blocks[0][1], ""]
+    lines = ["## Speed by machine", ""]
+    for machine, bullets in blocks:
+        lines += [f"On {machine or 'this machine'}:", "", *bullets, ""]
+    return lines
 
 
 # A reference line more than this many times above the highest arm would flatten every arm into the axis floor;
@@ -432,7 +448,7 @@ def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[
         "",
         runs_table(payload["runs"], ks),
         "",
-        *speed_lines(payload["runs"]),
+        *speed_lines(payload["runs"], machine_label(machine)),
         "## Cost ledger: shared stages",
         "",
         "| stage | wall s | peak MB |",

@@ -241,7 +241,16 @@ def test_speed_lines_report_median_and_range_per_sample_and_per_user():
     text = "\n".join(speed_lines(runs))
     assert "0.500 s (range 0.250-1.000, 3 runs) per training sample" in text
     assert "0.450 s (range 0.400-0.500, 3 runs) per test user" in text
+    assert text.startswith("## Speed on this machine")
     assert speed_lines([]) == []
+    # runs carried from another machine are summarised apart: their speeds do not mix with this one's
+    runs[0]["machine"] = runs[1]["machine"] = "AMD EPYC (2 cores)"
+    runs[2]["machine"] = "Intel Xeon (2 cores)"
+    lines = speed_lines(runs, "Intel Xeon (2 cores)")
+    assert lines[0] == "## Speed by machine" and lines[2] == "On AMD EPYC (2 cores):"
+    assert "0.750 s (range 0.500-1.000, 2 runs) per training sample" in lines[4]
+    assert lines[7] == "On this machine:" and "0.250 s (range 0.250-0.250, 1 runs)" in lines[9]
+    assert speed_lines(runs[:2], "Intel Xeon (2 cores)")[2] == "On AMD EPYC (2 cores):"
 
 
 def _ci(against, lo, hi, budget=256):
