@@ -22,6 +22,8 @@ import argparse
 import shutil
 from pathlib import Path
 
+from deft.artifacts import atomic_dir
+
 SKIP_DIRS = ("cache",)  # top-level directories rebuilt from the installed model and data
 
 
@@ -52,29 +54,18 @@ def carried_files(run_dir: Path) -> list[Path]:
     return out
 
 
-def _swap_in(staging: Path, dest: Path) -> None:
-    """Replace ``dest`` by ``staging``: a failure midway leaves the earlier copy whole."""
-    old = dest.with_name(dest.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if dest.exists():
-        dest.rename(old)
-    staging.rename(dest)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _stats(root: Path) -> dict[Path, tuple[int, int]]:
     return {rel: ((st := (root / rel).stat()).st_size, st.st_mtime_ns) for rel in carried_files(root)}
 
 
-def _stage(src_root: Path, files: list[Path], dest: Path) -> Path:
-    """Copy ``files`` into a fresh directory beside ``dest`` and return it."""
-    staging = dest.with_name(dest.name + ".new")
-    shutil.rmtree(staging, ignore_errors=True)
+def _copy_into(src_root: Path, files: list[Path], target: Path) -> None:
     for rel in files:
-        target = staging / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src_root / rel, target)
-    return staging
+        (target / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src_root / rel, target / rel)
+
+
+class _Changed(Exception):
+    """A file of the run changed while the copy was taken."""
 
 
 def save(run_dir: Path, dest: Path, attempts: int = 3) -> list[Path]:
@@ -86,14 +77,14 @@ def save(run_dir: Path, dest: Path, attempts: int = 3) -> list[Path]:
         raise SystemExit(f"error: {dest} is not empty and holds no earlier saved state (stages/); choose another")
     for _ in range(attempts):
         try:
-            before = _stats(run_dir)
-            staging = _stage(run_dir, sorted(before), dest)
-            if _stats(run_dir) == before:
-                _swap_in(staging, dest)
-                return sorted(before)
-        except FileNotFoundError:  # a file renamed away while copied: take the copy again
-            pass
-    shutil.rmtree(dest.with_name(dest.name + ".new"), ignore_errors=True)
+            with atomic_dir(dest) as tmp:  # swapped in whole, or (on an exception) not at all
+                before = _stats(run_dir)
+                _copy_into(run_dir, sorted(before), tmp)
+                if _stats(run_dir) != before:
+                    raise _Changed
+            return sorted(before)
+        except (_Changed, FileNotFoundError):  # changed or renamed away while copied: take the copy again
+            continue
     raise SystemExit(f"error: {run_dir} kept changing while it was copied ({attempts} tries); save again after "
                      f"the next checkpoint. {dest} is unchanged")
 
@@ -106,7 +97,8 @@ def restore(state: Path, run_dir: Path, *, overwrite: bool = False) -> list[Path
         raise SystemExit(f"error: {run_dir} exists and is not empty; it may be newer than {state}. Use "
                          "--overwrite to replace it by the saved state")
     files = carried_files(state)
-    _swap_in(_stage(state, files, run_dir), run_dir)
+    with atomic_dir(run_dir) as tmp:
+        _copy_into(state, files, tmp)
     return files
 
 

@@ -57,16 +57,15 @@ def test_save_replaces_the_earlier_copy(carry, run_dir: Path, tmp_path: Path) ->
 
 
 def test_a_file_changing_while_copied_is_taken_again(carry, run_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    real, calls = carry._stage, []
+    real, calls = carry._copy_into, []
 
-    def stage_then_checkpoint(src, files, dest):
-        staging = real(src, files, dest)
+    def copy_then_checkpoint(src, files, target):
+        real(src, files, target)
         calls.append(1)
         if len(calls) == 1:  # the training writes a checkpoint while the first copy is taken
             _write(run_dir, "arms/dealrec-8-s0/train/checkpoint/optimizer.safetensors", "newer moments")
-        return staging
 
-    monkeypatch.setattr(carry, "_stage", stage_then_checkpoint)
+    monkeypatch.setattr(carry, "_copy_into", copy_then_checkpoint)
     carry.save(run_dir, tmp_path / "state")
     assert len(calls) == 2
     assert (tmp_path / "state/arms/dealrec-8-s0/train/checkpoint/optimizer.safetensors").read_text() == "newer moments"
