@@ -68,5 +68,9 @@ class BudgetError(DeftError):
     """A selection budget that cannot be met exactly."""
 
 
+class TrainingDivergedError(DeftError):
+    """Fine-tuning produced a non-finite loss: no adapter from that point on can be trusted."""
+
+
 class ModelLoadError(DeftError):
     """A target model that cannot be loaded, or lacks the modules a score or LoRA needs."""

@@ -45,7 +45,7 @@ from deft.artifacts import (
 from deft.config import LoraConfig, TrainingConfig, to_dict
 from deft.data.encoding import IGNORE_INDEX, Encoded, encode_pair, length_sorted_batches, pad_batch
 from deft.data.prompts import render_prompt
-from deft.errors import ArtifactMismatchError, DataFormatError, OutputExistsError
+from deft.errors import ArtifactMismatchError, DataFormatError, OutputExistsError, TrainingDivergedError
 
 if TYPE_CHECKING:
     from deft.models import LoadedModel
@@ -305,6 +305,15 @@ def _remove(out_dir: Path, names: Sequence[str]) -> None:
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
 
 
+def _check_finite(which: str, loss: float, st: dict[str, Any], cfg: TrainingConfig) -> None:
+    """Stop at the first non-finite loss with what to change, instead of training on (a NaN step makes every
+    weight NaN) or keeping a NaN adapter as the best (no later loss compares lower than NaN)."""
+    if not math.isfinite(loss):
+        raise TrainingDivergedError(f"the {which} loss is {loss} at optimizer step {st['step']}: "
+                                    f"fine-tuning diverged; lower training.lr (now {cfg.lr}) or raise "
+                                    f"training.warmup_ratio (now {cfg.warmup_ratio})")
+
+
 def _best_epoch(st: dict[str, Any], steps_per_epoch: int) -> float | None:
     """Epochs behind the kept adapter: the best validation step's, or every step's without validation. None for
     a run resumed from a checkpoint written before this was recorded."""
@@ -389,6 +398,7 @@ def train_lora(loaded: LoadedModel, train: pd.DataFrame, valid: pd.DataFrame | N
             entry = st["log"][-1] if st["log"] else None
             if valid_encoded is not None:
                 loss = mean_loss(loaded, model, valid_encoded, cfg.batch_size * 2)
+                _check_finite("validation", loss, st, cfg)  # a NaN would never compare better, nor worse
                 if entry is not None:
                     entry["valid_loss"] = loss
                 if st["best_valid_loss"] is None or loss < st["best_valid_loss"]:
@@ -416,6 +426,7 @@ def train_lora(loaded: LoadedModel, train: pd.DataFrame, valid: pd.DataFrame | N
                         loss_sum, _ = label_token_loss(model, batch)
                     (loss_sum / tokens).backward()
                     step_loss += loss_sum.item() / tokens
+                _check_finite("training", step_loss, st, cfg)  # before the step spreads it into the weights
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 lr = scheduler.get_last_lr()[0]
                 optimizer.step()

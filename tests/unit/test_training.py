@@ -14,7 +14,7 @@ from deft import training
 from deft.artifacts import read_json
 from deft.config import LoraConfig, TrainingConfig
 from deft.data.encoding import pad_batch
-from deft.errors import ArtifactMismatchError, OutputExistsError
+from deft.errors import ArtifactMismatchError, OutputExistsError, TrainingDivergedError
 from deft.models import load_target_llm
 from deft.training import encode_frame, epoch_batches, label_token_loss, lr_factor, mean_loss, train_lora
 
@@ -186,6 +186,30 @@ def test_early_stopping_after_patience(tiny, tmp_path):
     assert result.epochs_run == 2
     assert result.best_epoch == 1.0  # the kept adapter is the first epoch's; the second only confirmed it
     assert read_json(tmp_path / "train_result.json")["best_epoch"] == 1.0
+
+
+def test_a_nan_validation_loss_stops_training_instead_of_being_kept_as_best(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "mean_loss", lambda *a, **k: float("nan"))
+    with pytest.raises(TrainingDivergedError, match=r"validation loss is nan at optimizer step 2: .*training\.lr"):
+        train_lora(tiny, _frame(), _frame(4), LoraConfig(), _cfg(), tmp_path, progress=False)
+    assert not (tmp_path / "adapter").exists() and not (tmp_path / "train_result.json").exists()
+
+
+def test_a_nan_training_loss_stops_before_the_optimizer_step(tiny, tmp_path, monkeypatch):
+    real = training.label_token_loss
+    calls = []
+
+    def poisoned(model, batch):
+        loss_sum, count = real(model, batch)
+        calls.append(1)
+        return (loss_sum * float("nan"), count) if len(calls) == 3 else (loss_sum, count)
+
+    monkeypatch.setattr(training, "label_token_loss", poisoned)
+    steps = []
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: steps.append(1))
+    with pytest.raises(TrainingDivergedError, match="training loss is nan at optimizer step 1:"):
+        train_lora(tiny, _frame(), _frame(4), LoraConfig(), _cfg(), tmp_path, progress=False)
+    assert len(steps) == 1  # the first step ran; the poisoned second one never reached the optimizer
 
 
 def test_best_epoch_of_a_result_saved_without_it_is_read_back_from_the_log(tiny, tmp_path):
