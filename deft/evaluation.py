@@ -284,11 +284,12 @@ def _pad_id(tokenizer) -> int:
 
 
 def _clean(tokenizer, new_ids: list[int]) -> str:
-    """Generated text up to the first EOS, then up to the first newline, stripped."""
+    """Generated text up to the first EOS, then its first non-blank line, stripped (a response that opens with
+    a newline, as a base model's often does, keeps its title instead of becoming empty)."""
     if tokenizer.eos_token_id in new_ids:
         new_ids = new_ids[: new_ids.index(tokenizer.eos_token_id)]
     text = tokenizer.decode(new_ids, skip_special_tokens=True)
-    return text.split("\n", 1)[0].strip()
+    return text.strip().split("\n", 1)[0].strip()
 
 
 def generate(loaded: LoadedModel, adapter_dir: str | Path | None, prompts: Sequence[str],
@@ -415,14 +416,18 @@ def embed_texts(loaded: LoadedModel, texts: Sequence[str], batch_size: int = 64)
 
 def item_embeddings(loaded: LoadedModel, titles: Mapping[Hashable, str], cache_dir: str | Path | None,
                     batch_size: int = 64) -> tuple[list[Hashable], np.ndarray]:
-    """Embeddings of every item's title (items sorted by id), cached as ``item_emb-<fp>.npy`` in ``cache_dir``.
+    """Embeddings of every item's title (items in the order of their ids as strings), cached as
+    ``item_emb-<fp>.npy`` in ``cache_dir``.
 
-    The cache key is the fingerprint of the model's fingerprint, its weights' dtype and the (item, title)
-    pairs. Each distinct title is embedded once, so items sharing a title share one vector.
+    The cache key is the fingerprint of the model's fingerprint, its weights' dtype, the batch size, the (item,
+    title) pairs and the evaluation code's version. Each distinct title is embedded once, so items sharing a
+    title share one vector.
     """
     item_ids = sorted(titles, key=str)
-    # bf16 and fp32 passes differ in the low bits
-    key = fingerprint([loaded.fingerprint, str(loaded.weights_dtype), [[str(i), titles[i]] for i in item_ids]])
+    # bf16 and fp32 passes differ in the low bits, and in bf16 so do batches of other shapes
+    key = fingerprint(with_code({"model": loaded.fingerprint, "batch_size": batch_size,
+                                 "weights_dtype": str(loaded.weights_dtype),
+                                 "items": [[str(i), titles[i]] for i in item_ids]}, "evaluation"))
     path = None if cache_dir is None else Path(cache_dir) / f"item_emb-{key}.npy"
     if path is not None and path.is_file():
         return item_ids, read_npy(path)
@@ -443,8 +448,9 @@ class EvalResult:
     metrics: dict[str, float]
     per_user: pd.DataFrame
     wall_s: float
-    s_per_user: float
+    s_per_user: float  # wall_s less the one-off title embedding, per user
     out_dir: Path
+    title_embedding_s: float = 0.0  # 0 when the shared cache already held the titles
 
 
 USER_COLUMNS = ("user", "history", "targets", "instruction", "input")
@@ -513,17 +519,19 @@ def _cached(out_dir: Path, fp: str, overwrite: bool) -> EvalResult | None:
                                         "use --overwrite or another output directory")
         return None
     log.info("evaluation in %s is up to date (fingerprint %s)", out_dir, fp)
-    return EvalResult(saved["metrics"], read_parquet(per_user_path), saved["wall_s"], saved["s_per_user"], out_dir)
+    return EvalResult(saved["metrics"], read_parquet(per_user_path), saved["wall_s"], saved["s_per_user"], out_dir,
+                      saved.get("title_embedding_s", 0.0))
 
 
 def _claim(out_dir: Path, partial: Path, overwrite: bool) -> None:
-    """Refuse, unless overwriting, per-user results no evaluation of DEFT's wrote, and the saved responses of
+    """Refuse, unless overwriting, per-user results without DEFT's metrics.json, and the saved responses of
     another unfinished evaluation (other inputs or settings): those are hours of work."""
     theirs = out_dir / "per_user.parquet"
     if theirs.exists() and not overwrite and not (out_dir / "metrics.json").exists() \
             and not any(out_dir.glob("partial-generations-*.parquet")):
-        raise OutputExistsError(f"{theirs} exists but no evaluation of DEFT's wrote it; use --overwrite to replace "
-                                "it or choose another --out", file=theirs)
+        raise OutputExistsError(f"{theirs} exists without the metrics.json a finished DEFT evaluation writes "
+                                "beside it (not DEFT's, or its metrics.json was removed); use --overwrite to "
+                                "replace it or choose another --out", file=theirs)
     for stale in out_dir.glob("partial-generations-*.parquet"):
         if stale == partial:
             continue
@@ -562,8 +570,11 @@ def evaluate(loaded: LoadedModel, adapter_dir: str | Path | None, users: pd.Data
     _claim(out_dir, partial, overwrite)
     earlier_s = load_partial(partial)[1]  # charged to this evaluation's wall time, as a resumed stage's are
     generated = generate(loaded, adapter_dir, prompts, eval_cfg, max_new, progress=progress, partial=partial)
+    embed_start = time.perf_counter()
     item_ids, item_emb = item_embeddings(loaded, titles, out_dir if cache_dir is None else cache_dir,
                                          eval_cfg.batch_size)
+    # Zero when the cache had them: the first evaluation sharing a cache pays for every title once.
+    titles_s = time.perf_counter() - embed_start
     gen_emb = embed_texts(loaded, generated, eval_cfg.batch_size)
     exclude = _excluded(users) if eval_cfg.exclude_history else None
     k_max = max(eval_cfg.ks)
@@ -578,13 +589,14 @@ def evaluate(loaded: LoadedModel, adapter_dir: str | Path | None, users: pd.Data
         metrics[f"recall@{k}"] = float(per_user[f"recall@{k}"].mean())
         metrics[f"ndcg@{k}"] = float(per_user[f"ndcg@{k}"].mean())
     wall = time.perf_counter() - start + earlier_s
-    s_per_user = wall / max(1, len(users))
+    s_per_user = (wall - titles_s) / max(1, len(users))  # what each further user costs, the one-off titles aside
     write_parquet(out_dir / "per_user.parquet", per_user)
-    write_json(out_dir / "metrics.json", _metrics_record(fp, metrics, wall, s_per_user, len(users), max_new,
-                                                         eval_cfg, adapter_dir, _excluded_phrase(users, exclude)))
+    record = _metrics_record(fp, metrics, (wall, titles_s, s_per_user), len(users), max_new, eval_cfg, adapter_dir,
+                             _excluded_phrase(users, exclude))
+    write_json(out_dir / "metrics.json", record)
     partial.unlink(missing_ok=True)  # per_user.parquet holds every response now
     log.info("evaluated %d users in %.1f s: %s", len(users), wall, metrics)
-    return EvalResult(metrics, per_user, wall, s_per_user, out_dir)
+    return EvalResult(metrics, per_user, wall, s_per_user, out_dir, titles_s)
 
 
 def _excluded(users: pd.DataFrame) -> list[set]:
@@ -600,12 +612,12 @@ def _excluded_phrase(users: pd.DataFrame, exclude: list[set] | None) -> str:
     return f"{what} ({np.mean([len(e) for e in exclude]):.1f} per user on average)"
 
 
-def _metrics_record(fp: str, metrics: dict[str, float], wall: float, s_per_user: float, n_users: int,
+def _metrics_record(fp: str, metrics: dict[str, float], times: tuple[float, float, float], n_users: int,
                     max_new: int, eval_cfg: EvaluationConfig, adapter_dir: str | Path | None,
                     excluded: str) -> dict[str, Any]:
+    wall, titles_s, s_per_user = times
     return {"fingerprint": fp, "metrics": metrics, "n_users": n_users, "wall_s": round(wall, 3),
-            "s_per_user": s_per_user, "max_new_tokens": max_new, "num_beams": eval_cfg.num_beams,
-            "exclude_history": eval_cfg.exclude_history,
-            "excluded": excluded,
+            "title_embedding_s": round(titles_s, 3), "s_per_user": s_per_user, "max_new_tokens": max_new,
+            "num_beams": eval_cfg.num_beams, "exclude_history": eval_cfg.exclude_history, "excluded": excluded,
             "adapter": None if adapter_dir is None else str(adapter_dir),
             "grounding": "faiss IndexFlatL2 over base-model last-token states; ranks count distinct titles"}

@@ -183,6 +183,16 @@ def test_item_embeddings_are_cached(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(evaluation, "embed_texts", lambda *a, **k: pytest.fail("cache not used"))
     second = item_embeddings(tiny, TITLES, tmp_path)
     assert first[0] == second[0] and np.array_equal(first[1], second[1])
+    monkeypatch.undo()
+    item_embeddings(tiny, TITLES, tmp_path, batch_size=2)  # other batch shapes: another entry, not this one
+    assert len(list(tmp_path.glob("item_emb-*.npy"))) == 2
+
+
+def test_response_cleaning_keeps_the_title_after_a_leading_newline(tiny):
+    tok = tiny.tokenizer
+    ids = tok("\nHeat (1995)\nFargo (1996)", add_special_tokens=False)["input_ids"]
+    assert evaluation._clean(tok, ids + [tok.eos_token_id, *ids]) == "Heat (1995)"
+    assert evaluation._clean(tok, tok("  Heat (1995) ", add_special_tokens=False)["input_ids"]) == "Heat (1995)"
 
 
 def test_embedding_ignores_padding_and_adapters(tiny):
@@ -276,7 +286,11 @@ def test_evaluate_writes_results_and_reuses_them(tiny, tmp_path, monkeypatch):
     # History items were excluded from every list, and metrics.json says which.
     for hist, top in zip(_users()["history"], result.per_user["top3"], strict=True):
         assert not set(hist) & set(top)
-    assert read_json(tmp_path / "metrics.json")["excluded"] == "the prompt's history items (1.3 per user on average)"
+    saved = read_json(tmp_path / "metrics.json")
+    assert saved["excluded"] == "the prompt's history items (1.3 per user on average)"
+    # The titles were embedded in this evaluation; the per-user speed leaves that one-off cost out.
+    assert 0 < saved["title_embedding_s"] < saved["wall_s"]
+    assert math.isclose(saved["s_per_user"], (saved["wall_s"] - saved["title_embedding_s"]) / 3, abs_tol=1e-3)
     monkeypatch.setattr(evaluation, "generate", lambda *a, **k: pytest.fail("cache not used"))
     again = evaluate(tiny, None, _users(), TITLES, cfg, tmp_path, progress=False)
     assert again.metrics == result.metrics
@@ -288,7 +302,7 @@ def test_per_user_results_of_no_evaluation_of_ours_are_not_replaced(tiny, tmp_pa
 
     pd.DataFrame({"user": ["x"]}).to_parquet(tmp_path / "per_user.parquet")
     cfg = EvaluationConfig(batch_size=2, ks=[1])
-    with pytest.raises(OutputExistsError, match=r"per_user\.parquet exists but no evaluation of DEFT's wrote it"):
+    with pytest.raises(OutputExistsError, match=r"per_user\.parquet exists without the metrics\.json a finished DEFT evaluation"):
         evaluate(tiny, None, _users(), TITLES, cfg, tmp_path, progress=False)
     assert list(pd.read_parquet(tmp_path / "per_user.parquet")["user"]) == ["x"]
     result = evaluate(tiny, None, _users(), TITLES, cfg, tmp_path, progress=False, overwrite=True)
