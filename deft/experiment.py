@@ -278,7 +278,8 @@ def _run_arm(pipe: Pipeline, pool: Pool, scores: pd.DataFrame, valid: pd.DataFra
                         "peak_mb": train_cost.peak_mb},
               "selection": {"wall_s": select_cost.wall_s, "peak_mb": select_cost.peak_mb,
                             **_selection_facts(selection, coreset)},
-              "eval": {"wall_s": evaluated.wall_s, "s_per_user": evaluated.s_per_user, "peak_mb": eval_cost.peak_mb,
+              "eval": {"wall_s": evaluated.wall_s, "s_per_user": evaluated.s_per_user,
+                       "title_embedding_s": evaluated.title_embedding_s, "peak_mb": eval_cost.peak_mb,
                        "users_fingerprint": _eval_users_fingerprint(pipe, users)},
               "machine": machine_label(),  # where it finished; train.sessions says where its training ran
               "per_user": str((arm_dir / "eval" / "per_user.parquet").relative_to(pipe.run.root)),
@@ -414,15 +415,18 @@ def summarise(records: list[dict[str, Any]], cfg: DeftConfig, stage_costs: dict[
     full_train = frame.loc[frame["arm"] == "full", "train_s"].mean() if (frame["arm"] == "full").any() else None
     rows = []
     for (arm, budget), group in frame.groupby(["arm", "budget"], dropna=False, sort=False):
-        scoring = sum(stage_costs.get(s, {}).get("wall_s", 0.0)
-                      for s in method_stages(arm, ccs_score=cfg.selection.ccs_score)) if arm != "full" else 0.0
+        stages = method_stages(arm, ccs_score=cfg.selection.ccs_score) if arm != "full" else []
+        # A stage without a cost record would count as free and understate the fraction: leave the fraction out.
+        missing = [s for s in stages if "wall_s" not in stage_costs.get(s, {})]
+        scoring = sum(stage_costs[s]["wall_s"] for s in stages if s not in missing)
         pipeline_s = scoring + group["select_s"].mean() + group["train_s"].mean()
         row = {"arm": arm, "budget": None if pd.isna(budget) else int(budget), "seeds": int(len(group)),
                "epochs": group["epochs"].tolist(), "best_epochs": group["best_epoch"].tolist(),
                "scoring_s": round(scoring, 2),
                "train_s": round(float(group["train_s"].mean()), 2), "pipeline_s": round(float(pipeline_s), 2),
                "eval_s": round(float(group["eval_s"].mean()), 2), "peak_mb": float(group["peak_mb"].max()),
-               "fraction_of_full": None if not full_train else round(float(pipeline_s / full_train), 4)}
+               "fraction_of_full": None if not full_train or missing else round(float(pipeline_s / full_train), 4),
+               "missing_stage_costs": missing}
         for metric in [c for c in frame.columns if "@" in c]:
             row[metric] = float(group[metric].mean())
             # sample std (ddof 1): with 3 seeds the population std would understate the spread by ~18%
@@ -434,9 +438,10 @@ def summarise(records: list[dict[str, Any]], cfg: DeftConfig, stage_costs: dict[
 def compare(root: Path, records: list[dict[str, Any]], cfg: DeftConfig, k: int = 10) -> list[dict[str, Any]]:
     """Paired bootstrap of per-user NDCG@k (mean over seeds) of each arm against `random` and `full`.
 
-    Against `random`, only the seeds both arms have finished are averaged: while an experiment is still running
-    one arm may have a seed more, and the difference must come from the methods, not from that seed. The full
-    pool has its own seeds (often just one), so against it every seed of the arm counts.
+    Against `random`, only the seeds both arms have finished are averaged (no comparison while they share
+    none): while an experiment is still running one arm may have a seed more, and the difference must come from
+    the methods, not from that seed. The full pool has its own seeds (often just one), so against it every seed
+    of the arm counts. Both sides must have been evaluated on the same users.
     """
     from deft.evaluation import paired_bootstrap
 
@@ -450,9 +455,18 @@ def compare(root: Path, records: list[dict[str, Any]], cfg: DeftConfig, k: int =
         for name, other in {"random": by_arm.get(("random", budget)), "full": full}.items():
             if other is None or arm == name:
                 continue
-            common = sorted(set(seeds) & set(other)) if name == "random" else []
-            mine, theirs = (common, common) if common else (sorted(seeds), sorted(other))
-            a, b = _seed_mean(seeds, mine).align(_seed_mean(other, theirs), join="inner")
+            if name == "random":
+                mine = theirs = sorted(set(seeds) & set(other))
+                if not mine:
+                    continue
+            else:
+                mine, theirs = sorted(seeds), sorted(other)
+            a, b = _seed_mean(seeds, mine), _seed_mean(other, theirs)
+            if (only := set(a.index) ^ set(b.index)):
+                raise ArtifactMismatchError(f"{arm} at budget {budget} and {name} were evaluated on different test "
+                                            f"users ({len(only)} in one only, e.g. {min(only, key=str)!r}); re-run "
+                                            "the experiment with --overwrite", file=root)
+            a, b = a.align(b)
             ci = paired_bootstrap(a.to_numpy(), b.to_numpy(), n=cfg.evaluation.bootstrap_samples,
                                   seed=cfg.evaluation.seed)
             out.append({"arm": arm, "budget": budget, "against": name, "metric": f"ndcg@{k}",

@@ -24,35 +24,60 @@ def _budget_label(budget: Any) -> str:
     return "all" if budget is None else str(budget)
 
 
-def _epochs_cell(row: dict[str, Any]) -> str:
+def _epochs_text(epochs: int, best: float | None, cap: int | None) -> str:
+    """ "4 (best 3)"; "8 (best 8, at the cap)" when the validation loss still fell in the last epoch allowed."""
+    if best is None or np.isnan(best):
+        return str(epochs)
+    return f"{epochs} (best {best:g}{', at the cap' if still_improving(best, cap) else ''})"
+
+
+def still_improving(best: float | None, cap: int | None) -> bool:
+    """The kept adapter is from the last epoch allowed: early stopping never fired, so not shown converged."""
+    return cap is not None and best is not None and not np.isnan(best) and best >= cap - 1e-9
+
+
+def _epochs_cell(row: dict[str, Any], cap: int | None = None) -> str:
     """Epochs run per seed, with the epoch of the kept (best-validation) adapter where recorded: "4 (best 3)"."""
     best = row.get("best_epochs") or [None] * len(row["epochs"])
-    return ", ".join(str(e) if b is None or np.isnan(b) else f"{e} (best {b:g})"
-                     for e, b in zip(row["epochs"], best, strict=True))
+    return ", ".join(_epochs_text(e, b, cap) for e, b in zip(row["epochs"], best, strict=True))
 
 
-def experiment_table(summary: list[dict[str, Any]], ks: list[int]) -> str:
+def _fraction_cell(row: dict[str, Any]) -> str:
+    if row.get("missing_stage_costs"):
+        return f"– (no cost recorded for {', '.join(row['missing_stage_costs'])})"
+    frac = row.get("fraction_of_full")
+    return "–" if frac is None else f"{100 * frac:.1f}%"
+
+
+def convergence_note(runs: list[dict[str, Any]], cap: int | None) -> list[str]:
+    """A warning naming the runs early stopping never ended, since their numbers may still move."""
+    capped = [r["key"] for r in runs if still_improving(r["train"].get("best_epoch"), cap)]
+    if not capped:
+        return []
+    return [f"**Not shown converged**: {', '.join(capped)} kept the adapter of the last epoch allowed "
+            f"(`training.epochs` = {cap}): the validation loss was still falling, so more epochs may change "
+            "these numbers.", ""]
+
+
+def experiment_table(summary: list[dict[str, Any]], ks: list[int], cap: int | None = None) -> str:
     metrics = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")]
     head = ["arm", "budget", "seeds", *metrics, "epochs run (best)", "scoring s", "training s", "eval s", "peak MB",
             "pruning+training / full"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in summary:
-        frac = row.get("fraction_of_full")
         cells = [row["arm"], _budget_label(row["budget"]), str(row["seeds"]), *[_pm(row, m) for m in metrics],
-                 _epochs_cell(row), f"{row['scoring_s']:.1f}", f"{row['train_s']:.1f}",
-                 f"{row['eval_s']:.1f}", f"{row['peak_mb']:.0f}",
-                 "–" if frac is None else f"{100 * frac:.1f}%"]
+                 _epochs_cell(row, cap), f"{row['scoring_s']:.1f}", f"{row['train_s']:.1f}",
+                 f"{row['eval_s']:.1f}", f"{row['peak_mb']:.0f}", _fraction_cell(row)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def runs_table(runs: list[dict[str, Any]], ks: list[int]) -> str:
+def runs_table(runs: list[dict[str, Any]], ks: list[int], cap: int | None = None) -> str:
     """Every finished run on its own line, in run order: the numbers the means above are made of."""
     metrics = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")]
     rows = []
     for r in runs:
-        best = r["train"].get("best_epoch")
-        epochs = f"{r['train']['epochs']}" + ("" if best is None else f" (best {best:g})")
+        epochs = _epochs_text(r["train"]["epochs"], r["train"].get("best_epoch"), cap)
         rows.append([r["key"], r["samples"], *[f"{r['metrics'][m]:.4f}" for m in metrics], epochs,
                      f"{r['train']['wall_s']:.0f}", f"{r['eval']['wall_s']:.0f}", f"{r['eval']['s_per_user']:.3f}"])
     return markdown_table(["run", "samples", *metrics, "epochs (best)", "training s", "eval s", "eval s/user"], rows)
@@ -160,9 +185,12 @@ def _speed_bullets(runs: list[dict[str, Any]]) -> list[str]:
         values = sorted(values)
         return f"{float(np.median(values)):.3f} s (range {values[0]:.3f}-{values[-1]:.3f}, {len(values)} runs)"
 
+    titles = [r["eval"]["title_embedding_s"] for r in runs if r["eval"].get("title_embedding_s")]
+    once = (f"; without embedding the item titles, which the first evaluation does once for all: "
+            f"{max(titles):.0f} s") if titles else ""
     return [f"- fine-tuning: {spread(trained)} per training sample, each epoch's pass counted, validation "
             "passes included",
-            f"- evaluation: {spread(evaluated)} per test user (generation, grounding and metrics)"]
+            f"- evaluation: {spread(evaluated)} per test user (generation, grounding and metrics{once})"]
 
 
 def speed_lines(runs: list[dict[str, Any]], current: str | None = None) -> list[str]:
@@ -381,6 +409,7 @@ def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[
     root = Path(root)
     summary, comparisons = payload["summary"], payload["comparisons"]
     ks = payload["config"]["evaluation"]["ks"]
+    cap = (payload["config"].get("training") or {}).get("epochs")
     metric = headline_metric(ks)
     plot_metric_by_arm(summary, root / "ndcg_by_arm.png", metric, payload.get("references"))
     plot_metric_by_budget(summary, root / "ndcg_by_budget.png", metric, payload.get("references"))
@@ -413,8 +442,9 @@ def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[
         "",
         "## Quality and cost (mean ± std over seeds)",
         "",
-        experiment_table(summary, ks),
+        experiment_table(summary, ks, cap),
         "",
+        *convergence_note(payload["runs"], cap),
         "`pruning+training / full` = (scoring stages the arm needs + selection + fine-tuning) / the `full` arm's "
         f"fine-tuning time, measured in this run {'on the machines listed above' if spanned else 'on this machine'}. "
         "A shared stage is charged in full to every arm "
@@ -446,7 +476,7 @@ def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[
         "",
         "## Every run",
         "",
-        runs_table(payload["runs"], ks),
+        runs_table(payload["runs"], ks, cap),
         "",
         *speed_lines(payload["runs"], machine_label(machine)),
         "## Cost ledger: shared stages",

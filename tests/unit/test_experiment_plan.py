@@ -3,8 +3,10 @@ comparisons while runs are still missing."""
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from deft.config import from_dict
+from deft.errors import ArtifactMismatchError, ConfigError
 from deft.experiment import ArmRun, compare, plan_runs, remaining_seconds
 
 
@@ -55,6 +57,23 @@ def test_summary_is_mean_and_sample_std_over_seeds_with_cost_fraction():
     assert rows["random"]["fraction_of_full"] == 0.1 and rows["full"]["ndcg@10_std"] == 0.0
 
 
+def test_a_stage_without_a_cost_record_leaves_the_fraction_out():
+    from deft.experiment import summarise
+    from deft.report.experiment import experiment_table
+
+    def record(arm, budget, train_s):
+        return {"arm": arm, "budget": budget, "seed": 0, "metrics": {"ndcg@10": 0.1, "recall@10": 0.2},
+                "train": {"wall_s": train_s, "epochs": 2}, "selection": {"wall_s": 1.0}, "eval": {"wall_s": 5.0}}
+
+    records = [record("full", None, 100.0), record("dealrec", 8, 10.0), record("random", 8, 10.0)]
+    costs = {"surrogate": {"wall_s": 5.0}, "influence": {"wall_s": 1.0}}  # effort's record is missing
+    rows = {r["arm"]: r for r in summarise(records, _cfg(), costs, [])}
+    assert rows["dealrec"]["fraction_of_full"] is None and rows["dealrec"]["missing_stage_costs"] == ["effort"]
+    assert rows["random"]["fraction_of_full"] == 0.11 and rows["random"]["missing_stage_costs"] == []
+    table = experiment_table(list(rows.values()), [10])
+    assert "| – (no cost recorded for effort) |" in table and "| 11.0% |" in table
+
+
 def _records(root, runs):
     """Records with per-user NDCG files: ``runs`` maps (arm, budget, seed) to the per-user values."""
     out = []
@@ -81,11 +100,20 @@ def test_comparison_against_random_uses_only_the_seeds_both_arms_finished(tmp_pa
     assert np.isclose(against_full["mean_diff"], 0.25 + 0.5 / 3)
 
 
+def test_no_comparison_against_random_before_they_share_a_seed(tmp_path):
+    same = np.linspace(0.0, 1.0, 50)
+    runs = {("dealrec", 8, 1): same, ("random", 8, 0): same + 0.5}
+    assert compare(tmp_path, _records(tmp_path, runs), _cfg()) == []
+
+
+def test_runs_evaluated_on_other_users_are_refused_not_silently_trimmed(tmp_path):
+    runs = {("dealrec", 8, 0): np.linspace(0.0, 1.0, 50), ("random", 8, 0): np.linspace(0.0, 1.0, 40)}
+    with pytest.raises(ArtifactMismatchError, match=r"dealrec at budget 8 and random were evaluated on different "
+                                                    r"test users \(10 in one only, e\.g\. 40\)"):
+        compare(tmp_path, _records(tmp_path, runs), _cfg())
+
+
 def test_budgets_that_cannot_run_are_refused_before_any_run():
-    import pytest
-
-    from deft.errors import ConfigError
-
     with pytest.raises(ConfigError, match="one count twice"):
         plan_runs(_cfg(arms=["random"], budgets=[100, "10%"]), 1_000)
     with pytest.raises(ConfigError, match="exceeds the pool of 1000"):

@@ -291,6 +291,21 @@ def test_epochs_cell_shows_the_kept_epoch_where_recorded():
     assert _epochs_cell({"epochs": [4, 6], "best_epochs": [3.0, 5.5]}) == "4 (best 3), 6 (best 5.5)"
     assert _epochs_cell({"epochs": [4, 6], "best_epochs": [None, float("nan")]}) == "4, 6"  # older records
     assert _epochs_cell({"epochs": [4]}) == "4"
+    # The kept adapter from the last epoch allowed: early stopping never fired.
+    assert _epochs_cell({"epochs": [8, 8], "best_epochs": [8.0, 7.0]}, cap=8) == "8 (best 8, at the cap), 8 (best 7)"
+
+
+def test_runs_early_stopping_never_ended_are_named():
+    from deft.report.experiment import convergence_note, runs_table
+
+    run = {"key": "full-all-s0", "samples": 10, "metrics": {"ndcg@10": 0.01, "recall@10": 0.02},
+           "train": {"epochs": 8, "best_epoch": 8.0, "wall_s": 10.0}, "eval": {"wall_s": 1.0, "s_per_user": 0.1}}
+    stopped = {**run, "key": "random-8-s0", "train": {**run["train"], "best_epoch": 7.0}}
+    (note, _) = convergence_note([run, stopped], cap=8)
+    assert note.startswith("**Not shown converged**: full-all-s0 kept") and "random-8-s0" not in note
+    assert "`training.epochs` = 8" in note
+    assert convergence_note([stopped], cap=8) == [] and convergence_note([run], cap=None) == []
+    assert "| 8 (best 8, at the cap) |" in runs_table([run], [10], cap=8)
 
 
 def test_references_far_above_every_arm_are_named_not_drawn() -> None:
