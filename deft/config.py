@@ -41,6 +41,9 @@ def _number(problems: list[str], name: str, value: Any, lo: float | None = None,
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         problems.append(f"`{name}` must be a number, got {value!r}")
         return
+    if not math.isfinite(value):  # YAML's .inf and .nan are floats, and would only surface as NaN results
+        problems.append(f"`{name}` must be a finite number, got {value!r}")
+        return
     if lo is not None and (value <= lo if lo_open else value < lo):
         problems.append(f"`{name}` must be {'>' if lo_open else '>='} {lo}, got {value!r}")
     if hi is not None and value > hi:
@@ -103,6 +106,10 @@ class SamplesConfig:
         _positive_int(out, f"{p}.max_history", self.max_history)
         _positive_int(out, f"{p}.stride", self.stride)
         _positive_int(out, f"{p}.min_history", self.min_history)
+        if isinstance(self.min_history, int) and isinstance(self.max_history, int) \
+                and self.min_history > self.max_history:
+            out.append(f"`{p}.min_history` ({self.min_history}) must not exceed `{p}.max_history` "
+                       f"({self.max_history}): no sample could have that many history items")
         return out
 
 
@@ -632,6 +639,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> De
             raw.setdefault(section, {})
             if raw[section] is None:
                 raw[section] = {}
+            if not isinstance(raw[section], dict):
+                raise ConfigError([f"section `{section}` must be a mapping, got {raw[section]!r}"],
+                                  file=path)
             raw[section][key] = value
     try:
         return from_dict(raw, file=path)

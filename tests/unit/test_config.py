@@ -155,6 +155,25 @@ def test_a_bad_value_from_the_command_line_is_not_blamed_on_the_file(tmp_path):
     assert "`selection.budgets` (from the command line)" in str(info.value)
 
 
+def test_infinite_numbers_and_impossible_history_bounds_are_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("training:\n  lr: .inf\nselection:\n  lambda_: .nan\nsamples:\n  min_history: 5\n"
+                    "  max_history: 2\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    problems = info.value.problems
+    assert "`training.lr` must be a finite number, got inf" in problems
+    assert any(p.startswith("`selection.lambda_` must be") and p.endswith("got nan") for p in problems)
+    assert any(p.startswith("`samples.min_history` (5) must not exceed `samples.max_history` (2)") for p in problems)
+
+
+def test_a_section_that_is_not_a_mapping_is_named_even_with_command_line_values(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("selection: 5\n")
+    with pytest.raises(ConfigError, match=r"section `selection` must be a mapping, got 5"):
+        load_config(path, {"selection.budgets": [10]})
+
+
 def test_tuples_in_a_config_built_in_python_are_lists():
     from deft.config import EvaluationConfig, LoraConfig
 
