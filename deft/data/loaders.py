@@ -52,11 +52,20 @@ def load_interactions(cfg: DataConfig) -> Interactions:
     fmt, files = resolve_source(cfg)
     raw = _read(fmt, files, cfg)
     events, titles = clean(raw, cfg)
-    fp = fingerprint({"files": {p.name: file_sha256(p) for p in files.values()},
-                      "options": _loading_options(fmt, cfg), "loader": LOADER_VERSION})
+    fp = fingerprint({"files": _file_hashes(files), "options": _loading_options(fmt, cfg), "loader": LOADER_VERSION})
     log.info("loaded %s (%s): %d users, %d items, %d interactions in %.2f s", cfg.source, fmt,
              events["user"].nunique(), len(titles), len(events), time.perf_counter() - start)
     return Interactions(events, titles, cfg.source, fp)
+
+
+def _file_hashes(files: dict[str, Path]) -> dict[str, str]:
+    """Each input file's SHA-256 under its name; under role and name when two share a name (``a/part.csv`` and
+    ``b/part.csv``), which would otherwise leave one file out. Names alone otherwise, so that fingerprints of
+    existing runs stay what they were."""
+    names = [p.name for p in files.values()]
+    if len(set(names)) == len(names):
+        return {p.name: file_sha256(p) for p in files.values()}
+    return {f"{role}:{p.name}": file_sha256(p) for role, p in files.items()}
 
 
 def _loading_options(fmt: str, cfg: DataConfig) -> dict[str, object]:

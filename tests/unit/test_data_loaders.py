@@ -112,6 +112,19 @@ def test_configurable_columns_and_explicit_files(tmp_path: Path) -> None:
     assert inter.titles == {"y": "Why", "x": "Ex"}
 
 
+def test_two_input_files_of_one_name_both_count_in_the_fingerprint(tmp_path: Path) -> None:
+    (tmp_path / "events").mkdir()
+    (tmp_path / "items").mkdir()
+    (tmp_path / "events" / "part.csv").write_text("user,item,timestamp\n1,a,1\n1,b,2\n2,a,3\n")
+    (tmp_path / "items" / "part.csv").write_text("item,title\na,Alpha\nb,Beta\n")
+    cfg = DataConfig(source=str(tmp_path / "events" / "part.csv"), items=str(tmp_path / "items" / "part.csv"))
+    before = load_interactions(cfg).fingerprint
+    (tmp_path / "events" / "part.csv").write_text("user,item,timestamp\n1,a,1\n1,b,2\n")
+    after = load_interactions(cfg).fingerprint
+    (tmp_path / "items" / "part.csv").write_text("item,title\na,Alpha\nb,Bravo\n")
+    assert len({before, after, load_interactions(cfg).fingerprint}) == 3
+
+
 def test_recbole_title_gets_year_once() -> None:
     titles = load(SAMPLES / "tiny-recbole").titles
     assert titles["1"] == "The Clockwork Garden (1987)"
