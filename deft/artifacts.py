@@ -36,6 +36,12 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------------------------- atomic I/O
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds."""
@@ -47,6 +53,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield Path(tmp)
         with open(tmp, "rb") as fh:  # on disk before the rename: an OS crash cannot leave an empty file in place
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only; an output should get the usual mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -65,7 +72,7 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
         yield tmp
-        tmp.chmod(0o755)  # mkdtemp makes it private; the published directory is an ordinary one
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the published directory is an ordinary one
         old = dest.with_name(dest.name + ".old")
         if old.exists():
             shutil.rmtree(old)
@@ -120,10 +127,14 @@ def read_parquet(path: str | Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
+def json_line(record: dict[str, Any]) -> str:
+    """One strict JSON object: a NaN or infinity is a ValueError, not a token other parsers reject."""
+    return json.dumps(record, ensure_ascii=False, default=_json_default, allow_nan=False)
+
+
 def write_jsonl(path: str | Path, records: list[dict[str, Any]]) -> None:
-    """One strict JSON object per line: a NaN is an error here, not the token ``NaN`` other parsers reject."""
-    lines = (json.dumps(r, ensure_ascii=False, default=_json_default, allow_nan=False) for r in records)
-    write_text(path, "".join(line + "\n" for line in lines))
+    """One strict JSON object per line (:func:`json_line`)."""
+    write_text(path, "".join(json_line(r) + "\n" for r in records))
 
 
 def write_npy(path: str | Path, array: np.ndarray) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from deft.artifacts import (
     RunDir,
+    atomic_dir,
     atomic_path,
     fingerprint,
     frame_fingerprint,
@@ -29,6 +30,20 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
         raise RuntimeError("crash mid-write")
     assert read_json(target) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_outputs_get_the_usual_file_mode_not_mkstemps_owner_only(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "x.json", {"a": 1})
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "f").write_text("")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
 
 
 def test_fingerprints_are_stable_and_sensitive():
