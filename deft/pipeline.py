@@ -21,6 +21,7 @@ from deft.artifacts import (
     file_sha256,
     fingerprint,
     frame_fingerprint,
+    json_line,
     read_parquet,
     with_code,
     write_jsonl,
@@ -169,9 +170,12 @@ class Pipeline:
         check_score_names(names)
         needs_users = set(method_stages(method, names)) & {"surrogate", "influence", "loss", "baselines"}
         if needs_users and pool.split.kind == "none":
-            raise DeftError(f"{', '.join(sorted(needs_users))} (for {method}) need samples with columns user, history, "
+            # random reads no score: scores it is asked for come from `deft score --scores`
+            what, advice = ((f"scores {', '.join(names)}", "compute --scores effort only") if method == "random"
+                            else (method, "use method 'effort_only' or 'random'"))
+            raise DeftError(f"{', '.join(sorted(needs_users))} (for {what}) need samples with columns user, history, "
                             "target_item: they score each sample with a sequential recommender trained on the users' "
-                            "sequences; for plain instruction data use method 'effort_only' or 'random'")
+                            f"sequences; for plain instruction data {advice}")
         _check_budgets_fit(pool, method, budgets, self.cfg.selection.hard_prune)
         for stage in method_stages(method, names):
             self.run.check_compatible(stage, self.stage_fp(stage, pool))
@@ -202,7 +206,7 @@ class Pipeline:
         split = split_interactions(inter, self.cfg.data)
         fp = self.samples_fp(inter.fingerprint)
         path = self.run.path("samples.parquet")
-        if self.run.is_done("samples", fp):
+        if self._is_done("samples", fp, path):
             samples = read_parquet(path)
         else:
             with self.run.stage("samples", fp, count=None):
@@ -215,7 +219,7 @@ class Pipeline:
         """A pool given as a table of samples; user sequences for the surrogate are rebuilt from the windows."""
         _check_sample_columns(samples)
         fp = fingerprint({"samples": frame_fingerprint(samples), "prompt": to_dict(self.cfg.prompt)})
-        if not self.run.is_done("samples", fp):
+        if not self._is_done("samples", fp, self.run.path("samples.parquet")):
             with self.run.stage("samples", fp):
                 _write_samples(self.run.path("samples.parquet"), samples)
         return Pool(samples, split_from_samples(samples), fp, fp)
@@ -232,7 +236,7 @@ class Pipeline:
 
             fp = self.stage_fp("surrogate", pool)
             directory = self.run.path("surrogate")
-            if self.run.is_done("surrogate", fp):
+            if self._is_done("surrogate", fp, directory):
                 model, index, meta = load_surrogate(directory)
                 self._surrogate = (model, index, meta.get("report", {}))
             else:
@@ -241,6 +245,16 @@ class Pipeline:
                                                            progress=self.progress)
                 self._surrogate = (model, index, report.to_dict())
         return self._surrogate
+
+    def _is_done(self, stage: str, fp: str, output: Path) -> bool:
+        """Finished with this fingerprint and its output still there; a deleted output is made again (with a
+        word), not a FileNotFoundError at the first read."""
+        if not self.run.is_done(stage, fp):
+            return False
+        if output.exists():
+            return True
+        log.warning("stage %s is recorded as finished, but its output %s is gone: computing it again", stage, output)
+        return False
 
     def score(self, pool: Pool, names: list[str]) -> pd.DataFrame:
         """Compute (or reuse) each named score; returns sample_id + one column per score, in pool order."""
@@ -251,7 +265,11 @@ class Pipeline:
         for stage in dict.fromkeys(SCORE_STAGE[n] for n in names):
             frames.append(self._score_stage(stage, pool).drop(columns="sample_id"))
         scores = pd.concat(frames, axis=1)
-        done = {c for c in SCORE_STAGE if (self.run.stage_meta(SCORE_STAGE[c]) or {}).get("done")}
+        # Earlier columns stay only if their stage scored this very pool: a pool rebuilt with other settings can
+        # keep its sample ids (user:position), and an old column would then sit beside new ones unnoticed.
+        # (Records written before stages noted their pool are taken at their word.)
+        done = {c for c in SCORE_STAGE if (meta := self.run.stage_meta(SCORE_STAGE[c]) or {}).get("done")
+                and meta.get("pool", pool.fingerprint) == pool.fingerprint}
         merged = _merge_scores(self.run.path("scores.parquet"), scores, keep=done)
         if merged is not None:
             write_parquet(self.run.path("scores.parquet"), merged)
@@ -260,12 +278,12 @@ class Pipeline:
     def _score_stage(self, stage: str, pool: Pool) -> pd.DataFrame:
         fp = self.stage_fp(stage, pool)
         path = self.run.path("scores", f"{stage}.parquet")
-        if self.run.is_done(stage, fp):
+        if self._is_done(stage, fp, path):
             self._check_cached_solve(stage)
             return read_parquet(path)
         if stage in ("influence", "loss"):
             self.surrogate(pool)  # its own stage: not timed inside this one, or the ledger counts it twice
-        with self.run.stage(stage, fp) as cost:
+        with self.run.stage(stage, fp, pool=pool.fingerprint) as cost:
             frame, info = self._compute(stage, pool)
             cost.extra.update(info)
             if list(frame["sample_id"]) != list(pool.samples["sample_id"]):
@@ -405,6 +423,28 @@ def check_prunable(frame: pd.DataFrame, path: str | Path | None = None) -> None:
         raise DeftError("the samples already have a column 'stratum' (a coreset of an earlier prune?); DEFT adds "
                         "each chosen row's stratum under that name: rename or drop the column", file=path,
                         field="stratum")
+
+
+def check_writable(samples: pd.DataFrame, path: str | Path | None = None) -> None:
+    """Every row can go into the coreset's JSON lines as it is: a value JSON cannot hold (infinity, bytes, a
+    Decimal) is found now, not when the coreset is written after hours of scoring."""
+    for row, record in enumerate(sample_records(samples)):
+        try:
+            json_line(record)
+        except (TypeError, ValueError) as exc:
+            name = next(k for k in record if not _json_ok(record[k]))
+            value = record[name]
+            raise DeftError(f"sample {record.get('sample_id')!r} (row {row}): {type(value).__name__} value "
+                            f"{value!r} cannot be written to the coreset's JSON lines ({exc}); convert the "
+                            "column to text, a finite number or null", file=path, field=name) from exc
+
+
+def _json_ok(value: Any) -> bool:
+    try:
+        json_line({"v": value})
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _write_samples(path: Path, samples: pd.DataFrame) -> None:
@@ -688,6 +728,7 @@ def run_prune(cfg: DeftConfig, out: str | Path, *, overwrite: bool = False, prog
     """The whole curation run; see the module docstring for caching and --overwrite."""
     if samples is not None:
         check_prunable(samples)
+        check_writable(samples)
     pipe = Pipeline(cfg, out, overwrite=overwrite, progress=progress)
     pool = pipe.pool_from_source() if samples is None else pipe.pool_from_frame(samples)
     method = cfg.selection.method

@@ -184,6 +184,18 @@ def test_score_command_writes_every_requested_column(tmp_path):
     assert CliRunner().invoke(app, args).exit_code == 0
     assert "loss" not in pd.read_parquet(out / "scores.parquet").columns
     assert {"influence", "grand", "el2n", "effort"} <= set(pd.read_parquet(out / "scores.parquet").columns)
+    # a finished stage whose output was deleted is computed again, not a FileNotFoundError
+    (out / "scores" / "effort.parquet").unlink()
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert (out / "scores" / "effort.parquet").is_file()
+    # a pool rebuilt with other settings keeps its sample ids (user:position): the columns scored on the old
+    # pool must not stay beside the new one's
+    rebuilt = ["--quiet", "score", TINY, "--config", CONFIG, "--out", str(out), "--scores", "influence",
+               "--max-history", "3", "--overwrite"]
+    assert CliRunner().invoke(app, rebuilt, catch_exceptions=False).exit_code == 0
+    scores = pd.read_parquet(out / "scores.parquet")
+    assert list(scores["sample_id"]) == list(pool["sample_id"])  # the same ids...
+    assert list(scores.columns) == ["sample_id", "influence"]  # ...but only what was scored on this pool
 
 
 def test_ccs_stratifies_the_configured_score(tmp_path):
@@ -362,6 +374,10 @@ def test_prune_and_score_a_file_of_instruction_samples(tmp_path):
     assert result.exit_code == 0, result.output
     scores = pd.read_parquet(tmp_path / "s" / "scores.parquet")
     assert list(scores["sample_id"]) == list(given) and scores["effort"].gt(0).all()
+    result = CliRunner().invoke(app, ["--quiet", "score", "--samples", str(path), "--model", "tiny-llama",
+                                      "--scores", "influence", "--out", str(tmp_path / "i")])
+    assert result.exit_code != 0 and "(for scores influence) need samples with columns user" in result.output
+    assert "for plain instruction data compute --scores effort only" in result.output
     out = ["--out", str(tmp_path / "x")]
     for args, message in ((["prune", *out], "either SOURCE"),  # neither
                           (["prune", TINY, "--samples", str(path), *out], "either SOURCE"),  # both
@@ -401,6 +417,9 @@ def test_a_samples_file_comes_back_as_read(tmp_path):
     ({"stratum": 3}, r"mine\.jsonl: the samples already have a column 'stratum'"),
     ({"history": "['1', '2']"}, r"mine\.jsonl line 2: field 'history': must be a list of item ids, got str"),
     ({"meta": "two"}, r"column 'meta' cannot be stored .* types \['int', 'str'\]: give every row the same type"),
+    # Python's JSON reader takes Infinity, but strict JSON lines cannot hold it: refused before the scoring
+    ({"meta": float("inf")}, r"mine\.jsonl: field 'meta': sample 's1' \(row 1\): float value inf cannot be written "
+                             r"to the coreset's JSON lines"),
 ])
 def test_a_samples_file_that_cannot_be_pruned_is_refused_before_any_work(tmp_path, extra, message):
     rows = [{"sample_id": f"s{i}", "instruction": "Answer.", "input": f"q{i}", "output": f"a{i}", "meta": i,
