@@ -346,9 +346,16 @@ def settings_used(method: str) -> tuple[str, ...]:
 
 def select_many(method: str, scores: Mapping[str, np.ndarray], budgets: Sequence[int | str],
                 **kwargs: Any) -> dict[int, Selection]:
-    """:func:`select` for each budget of a sweep with the same seed; keys are the resolved sample counts."""
+    """:func:`select` for each budget of a sweep with the same seed; keys are the resolved sample counts.
+    Two budgets that resolve to one count (``10`` and ``"1%"`` of 1,000) are a BudgetError, not one entry."""
     n = _pool_size(scores, kwargs.get("embeddings"), kwargs.get("pool_size"))
-    return {_resolve(b, n): select(method, scores, b, **kwargs) for b in budgets}
+    counts = [_resolve(b, n) for b in budgets]
+    twice = sorted({c for c in counts if counts.count(c) > 1})
+    if twice:
+        same = [repr(b) for b, c in zip(budgets, counts, strict=True) if c == twice[0]]
+        raise BudgetError(f"budgets {', '.join(same)} all resolve to {twice[0]} of the {n} samples: give each count "
+                          "once")
+    return {c: select(method, scores, b, **kwargs) for b, c in zip(budgets, counts, strict=True)}
 
 
 def pool_strata(scores: np.ndarray, selection: Selection) -> np.ndarray:

@@ -45,7 +45,7 @@ def grand_scores(model: SASRec, histories: torch.Tensor, targets: torch.Tensor, 
                  batch_size: int = 256, seed: int = 0) -> np.ndarray:
     """Per-sample gradient norms ||grad_theta l(s)||_2 (vmap(grad) in batches; dropout off)."""
     model.eval()
-    problem = sasrec_problem(model, select_parameters(model, params))
+    problem = sasrec_problem(model, select_parameters(model, params, "baselines.grand_params"))
     data = problem.data(model, histories, targets, seed, batch_size)
     out = [per_sample_grads(problem.loss_fn, problem.theta, take_rows(data, sl)).norm(dim=1).double().numpy()
            for sl in batch_slices(len(histories), batch_size)]

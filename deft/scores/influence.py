@@ -240,7 +240,9 @@ def _solve_failed(cfg: InfluenceConfig, why: str) -> None:
 
 
 def _minibatches(n: int, size: int, generator: torch.Generator) -> Iterator[Tensor]:
-    """Endless minibatches: consecutive chunks of seeded permutations (no repeats within a pass)."""
+    """Endless minibatches: consecutive chunks of seeded permutations. A chunk that runs past the end of one
+    permutation is completed from the next, so it can hold a sample twice; every sample still comes once per
+    permutation."""
     if size >= n:
         while True:
             yield torch.arange(n)
@@ -348,9 +350,10 @@ def influence_from_loss(loss_fn: LossFn, theta: Tensor, data: Sequence[Tensor], 
 # ----------------------------------------------------------------------------------------------- SASRec
 
 
-def select_parameters(model: SASRec, spec: str) -> list[str]:
+def select_parameters(model: SASRec, spec: str, setting: str = "influence.params") -> list[str]:
     """Names of the parameters in theta: attn_out (last block's attention output projection *weight*, parity;
-    bias excluded, 64x64 = 4,096 at hidden 64), last_block, all, or a regex searched in each name."""
+    bias excluded, 64x64 = 4,096 at hidden 64), last_block, all, or a regex searched in each name. ``setting``
+    is the config field ``spec`` came from, for the error."""
     last = len(model.blocks) - 1
     patterns = {"attn_out": rf"^blocks\.{last}\.{re.escape(ATTN_OUT)}$", "last_block": rf"^blocks\.{last}\.",
                 "all": r""}
@@ -358,7 +361,7 @@ def select_parameters(model: SASRec, spec: str) -> list[str]:
     names = [name for name, _ in model.named_parameters() if pattern.search(name)]
     if not names:
         examples = ", ".join(name for name, _ in list(model.named_parameters())[:4])
-        raise ConfigError([f"`influence.params` {spec!r} matches no surrogate parameter (names: {examples}, ...)"])
+        raise ConfigError([f"`{setting}` {spec!r} matches no surrogate parameter (names: {examples}, ...)"])
     return names
 
 

@@ -302,6 +302,11 @@ def test_select_many_resolves_percent_budgets(pool: dict) -> None:
     np.testing.assert_array_equal(out[40].indices, select("dealrec", pool, 40, seed=4).indices)
 
 
+def test_select_many_refuses_two_budgets_of_one_count(pool: dict) -> None:
+    with pytest.raises(BudgetError, match=r"budgets 40, '2%' all resolve to 40 of the 2000 samples"):
+        select_many("dealrec", pool, [40, "2%", 100], seed=4)
+
+
 def test_selection_imports_numpy_only() -> None:
     code = ("import sys, deft.selection; heavy = {'yaml', 'pandas', 'torch', 'matplotlib', 'faiss', 'scipy'}; "
             "print(sorted(heavy & set(sys.modules)))")
