@@ -665,6 +665,9 @@ def _read_samples_jsonl(path: Path) -> tuple[pd.DataFrame, list[int]]:
                                 file=path, line=line_no) from exc
             if not line.strip():
                 continue
+            if not rows and line.lstrip().startswith("["):  # the Alpaca layout: one JSON array
+                raise DeftError("holds a JSON array; samples files are JSON lines, one object per line (convert "
+                                f"with: jq -c '.[]' {path.name} > {path.stem}.jsonl)", file=path, line=line_no)
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as exc:

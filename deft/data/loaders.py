@@ -15,6 +15,9 @@ dropped after sorting, so sub-second order survives in the row order).
 
 from __future__ import annotations
 
+import csv
+import gzip
+import json
 import logging
 import re
 import time
@@ -100,18 +103,45 @@ def resolve_source(cfg: DataConfig) -> tuple[str, dict[str, Path]]:
     """The format and the files (``events``, ``items``) of a source; every file is checked to exist."""
     if cfg.source in BUILTIN:
         # A built-in name always means the packaged data; write ./ml-100k for a local directory of that name.
+        if cfg.items is not None:
+            raise DataFormatError(f"the built-in dataset {cfg.source!r} brings its own items file, so data.items "
+                                  f"({cfg.items!r}) would be ignored; for a local copy give its path as the source",
+                                  field="data.items")
         return _builtin(cfg.source, cfg.format)
     path = Path(cfg.source).expanduser()
     if not path.exists():
         raise DataFormatError(f"data source not found: {cfg.source!r} is neither a file, a directory nor a "
                               f"built-in name ({', '.join(BUILTIN)})", field="data.source")
     fmt = detect_format(path) if cfg.format == "auto" else cfg.format
+    if path.is_file() and {"instruction", "output"} <= _first_record_fields(path, fmt):
+        raise DataFormatError("holds instruction samples (fields instruction, output), not interactions: give it "
+                              "as samples, `--samples FILE` on the command line or a DataFrame / datasets.Dataset "
+                              "of it in Python", file=path, field="data.source")
     files = _locate(fmt, path, cfg.items)
     for role, file in files.items():
         if not file.is_file():
             hint = "; set data.items to its path" if role == "items" else ""
             raise DataFormatError(f"file not found ({fmt} {role} file){hint}", file=file)
     return fmt, files
+
+
+def _first_record_fields(path: Path, fmt: str) -> set[str]:
+    """The field names of a file's first record (empty when they cannot be read cheaply): enough to tell a file
+    of instruction samples, given where interactions were expected, from an interaction log."""
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return set(pq.read_schema(path).names)
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8-sig", errors="replace") as fh:
+            first = next((line for line in fh if line.strip()), "")
+        if fmt == "csv":
+            return set(next(csv.reader([first]), []))
+        record = json.loads(first) if fmt == "amazon" else None
+        return set(record) if isinstance(record, dict) else set()
+    except (OSError, ValueError, ImportError):
+        return set()  # the reader proper will say what is wrong with the file
 
 
 def _builtin(name: str, fmt: str) -> tuple[str, dict[str, Path]]:

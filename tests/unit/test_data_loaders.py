@@ -14,6 +14,7 @@ import pytest
 
 from deft.config import DataConfig
 from deft.data import detect_format, load_interactions, natural_key, readers
+from deft.errors import DataFormatError, DeftError
 
 SAMPLES = Path(__file__).resolve().parents[2] / "data_samples"
 MOVIE_DIRS = ["tiny-recbole", "tiny-movielens", "tiny-csv", "tiny-parquet"]
@@ -123,6 +124,35 @@ def test_two_input_files_of_one_name_both_count_in_the_fingerprint(tmp_path: Pat
     after = load_interactions(cfg).fingerprint
     (tmp_path / "items" / "part.csv").write_text("item,title\na,Alpha\nb,Bravo\n")
     assert len({before, after, load_interactions(cfg).fingerprint}) == 3
+
+
+@pytest.mark.parametrize("name", ["mine.jsonl", "mine.csv", "mine.parquet"])
+def test_instruction_samples_given_as_a_data_source_say_to_use_samples(tmp_path: Path, name: str) -> None:
+    frame = pd.DataFrame({"instruction": ["Answer."] * 2, "input": ["q1", "q2"], "output": ["a1", "a2"]})
+    path = tmp_path / name
+    if name.endswith(".jsonl"):
+        frame.to_json(path, orient="records", lines=True)
+    elif name.endswith(".csv"):
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path)
+    with pytest.raises(DataFormatError, match=r"holds instruction samples .* `--samples FILE` on the command line"):
+        load_interactions(DataConfig(source=str(path)))
+
+
+def test_an_items_file_for_the_built_in_dataset_is_refused_not_ignored() -> None:
+    with pytest.raises(DataFormatError, match=r"the built-in dataset 'ml-100k' brings its own items file"):
+        load_interactions(DataConfig(source="ml-100k", items="my_items.csv"))
+
+
+def test_a_json_array_of_samples_says_to_write_json_lines(tmp_path: Path) -> None:
+    from deft.pipeline import load_samples_file
+
+    path = tmp_path / "alpaca.json"
+    path.write_text(json.dumps([{"instruction": "Answer.", "input": "q", "output": "a"}], indent=2))
+    with pytest.raises(DeftError, match=r"alpaca\.json line 1: holds a JSON array; samples files are JSON lines.*"
+                                        r"jq -c '\.\[\]' alpaca\.json > alpaca\.jsonl"):
+        load_samples_file(path)
 
 
 def test_recbole_title_gets_year_once() -> None:
