@@ -222,6 +222,8 @@ class InfluenceConfig:
     # the full-pool H (Spearman 1.000) and takes ~18 s on 2 cores (benchmarks/results/influence-ml100k.md).
     # `exact` forms H with p HVPs: right for small pools or small theta, hours for 97K samples at p = 4,096.
     solver: str = "cg"  # exact | cg | lissa
+    # damping applies to every solver, lissa included: for the reference's LiSSA (effective damping
+    # lissa_damping * lissa_scale = 0.25) set damping: 0, or the solve is of H + 0.75 I
     damping: float = 0.5  # lambda in H + lambda*I
     target: str = "train"  # train (DEALRec: empirical risk) | valid (Koh & Liang: validation risk)
     batch_size: int = 2048  # samples per vmap(grad) batch
