@@ -9,6 +9,7 @@ import functools
 import logging
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 import click
@@ -202,11 +203,14 @@ SAMPLES_HELP = ("A file of samples to score instead of SOURCE: JSONL/Parquet wit
 
 
 def _samples_or_source(source: str | None, samples_path: str | None, fmt, items, split, construction, max_history,
-                       stride) -> tuple[Any, dict[str, Any]]:
+                       stride, config_path: str | None = None) -> tuple[Any, dict[str, Any]]:
     """(the samples table given with --samples, or None) and the data overrides for SOURCE; exactly one of the
-    two is given, and the options that shape samples built from SOURCE go with SOURCE only."""
-    if (source is None) == (samples_path is None):
-        raise click.UsageError("give either SOURCE (interactions to build samples from) or --samples FILE")
+    two is given (SOURCE may come from the config's data.source), and the options that shape samples built from
+    SOURCE go with SOURCE only."""
+    from_config = source is None and samples_path is None and _config_names_source(config_path)
+    if (source is None) == (samples_path is None) and not from_config:
+        raise click.UsageError("give either SOURCE (interactions to build samples from; or data.source in "
+                               "--config) or --samples FILE")
     overrides = _data_overrides(source, fmt, items, split, construction, max_history, stride)
     if samples_path is None:
         return None, overrides
@@ -217,6 +221,19 @@ def _samples_or_source(source: str | None, samples_path: str | None, fmt, items,
     from deft.pipeline import load_samples_file
 
     return load_samples_file(samples_path), {}
+
+
+def _config_names_source(config_path: str | None) -> bool:
+    """Whether the YAML config sets data.source itself (the built-in default is no choice of the user's)."""
+    if config_path is None:
+        return False
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False  # loading the config proper reports what is wrong with it
+    return isinstance(raw, dict) and isinstance(raw.get("data"), dict) and raw["data"].get("source") is not None
 
 
 @app.command()
@@ -238,7 +255,7 @@ def score(ctx, source, config_path, fmt, items, split, construction, max_history
     from deft.pipeline import run_scores
 
     samples, overrides = _samples_or_source(source, samples_path, fmt, items, split, construction, max_history,
-                                            stride)
+                                            stride, config_path)
     overrides.update({"model.name": model, "model.device": device})
     cfg = _config(config_path, overrides)
     names = [s.strip() for s in score_names.split(",") if s.strip()]
@@ -275,7 +292,7 @@ def prune(ctx, source, config_path, fmt, items, split, construction, max_history
     from deft.pipeline import check_prunable, check_writable, run_prune
 
     samples, overrides = _samples_or_source(source, samples_path, fmt, items, split, construction, max_history,
-                                            stride)
+                                            stride, config_path)
     if samples is not None:  # here, where the file's name is known
         check_prunable(samples, samples_path)
         check_writable(samples, samples_path)

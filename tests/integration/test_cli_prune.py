@@ -386,6 +386,21 @@ def test_prune_and_score_a_file_of_instruction_samples(tmp_path):
         assert result.exit_code == 2 and message in result.output, result.output
 
 
+def test_source_may_come_from_the_config(tmp_path):
+    import yaml
+
+    config = yaml.safe_load(Path(CONFIG).read_text())
+    config.setdefault("data", {})["source"] = TINY
+    path = tmp_path / "with-source.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(app, ["--quiet", "prune", "--config", str(path), "--out", str(tmp_path / "p"),
+                                      "--budget", "6", "--method", "random"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert len((tmp_path / "p" / "coreset.jsonl").read_text().splitlines()) == 6
+    manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
+    assert manifest["config"]["data"]["source"] == TINY
+
+
 def test_a_samples_file_comes_back_as_read(tmp_path):
     # Whole numbers with gaps stay whole (pandas would make them 5.0), a 20-digit id is not rounded, a key some
     # records lack comes back null (not NaN, which strict JSON parsers reject), and dates are ISO text.
