@@ -305,22 +305,37 @@ def pick(columns: Sequence[str], candidates: Sequence[str | None]) -> str | None
 # ----------------------------------------------------------------------------------------------- formats
 
 
+# RecBole's own event column names, used when the config keeps the generic defaults (DataConfig's *_column)
+RECBOLE_EVENT_COLUMNS = {"user": "user_id", "item": "item_id", "timestamp": "timestamp", "rating": "rating"}
+GENERIC_COLUMNS = {"user": "user", "item": "item", "timestamp": "timestamp", "rating": "rating", "title": "title"}
+
+
 def read_recbole(inter_path: Path, item_path: Path, cols: dict[str, str | None], *,
                  require_ratings: bool = False) -> RawData:
     """RecBole atomic files: tab-separated, header ``name:type``; the title gets " (year)" from release_year."""
     table = read_text_table(inter_path, sep="\t", header=True)
     table.frame.columns = [c.split(":", 1)[0] for c in table.frame.columns]
     names = list(table.frame.columns)
-    found = {key: pick(names, [cols[key], default]) for key, default in
-             (("user", "user_id"), ("item", "item_id"), ("timestamp", "timestamp"), ("rating", "rating"))}
-    table.missing_columns([found[k] or default for k, default in
-                           (("user", "user_id"), ("item", "item_id"), ("timestamp", "timestamp"))], ["rating"])
+    found: dict[str, str | None] = {}
+    for key, recbole in RECBOLE_EVENT_COLUMNS.items():
+        # A column named in the config is that column; only the generic default falls back to RecBole's name.
+        chosen = cols[key]
+        found[key] = chosen if chosen != GENERIC_COLUMNS[key] else pick(names, [chosen, recbole]) or recbole
+    required = [found["user"], found["item"], found["timestamp"]]
+    if cols["rating"] == GENERIC_COLUMNS["rating"]:  # ratings are optional unless a column for them was named
+        optional = [found["rating"]]
+        found["rating"] = found["rating"] if found["rating"] in names else None
+    else:
+        optional = []
+        required += [found["rating"]] if found["rating"] is not None else []
+    table.missing_columns(required, optional)
     events = make_events(table, found, require_ratings=require_ratings)
 
     items = read_text_table(item_path, sep="\t", header=True)
     items.frame.columns = [c.split(":", 1)[0] for c in items.frame.columns]
-    item_col = pick(list(items.frame.columns), [cols["item"], "item_id"]) or "item_id"
-    title_col = pick(list(items.frame.columns), [cols["title"], "movie_title", "title", "name"]) or "movie_title"
+    item_col = found["item"]
+    title_col = cols["title"] if cols["title"] != GENERIC_COLUMNS["title"] else \
+        pick(list(items.frame.columns), ["movie_title", "title", "name"]) or "movie_title"
     items.missing_columns([item_col, title_col], ["release_year"])
     if "release_year" in items.frame.columns:
         items.frame[title_col] = _with_year(items.frame[title_col], items.frame["release_year"])

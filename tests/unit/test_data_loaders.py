@@ -155,6 +155,16 @@ def test_a_json_array_of_samples_says_to_write_json_lines(tmp_path: Path) -> Non
         load_samples_file(path)
 
 
+def test_recbole_columns_named_in_the_config_are_those_columns() -> None:
+    tiny = SAMPLES / "tiny-recbole"
+    with pytest.raises(DataFormatError, match=r"missing column 'uid'.*found user_id"):
+        load(tiny, user_column="uid")  # not silently user_id
+    with pytest.raises(DataFormatError, match=r"missing column 'name_en'"):
+        load(tiny, title_column="name_en")
+    assert load(tiny, rating_column=None).events["rating"].isna().all()  # null: ratings not read
+    assert load(tiny).events["rating"].notna().all()
+
+
 def test_recbole_title_gets_year_once() -> None:
     titles = load(SAMPLES / "tiny-recbole").titles
     assert titles["1"] == "The Clockwork Garden (1987)"
