@@ -49,6 +49,12 @@ def test_grand_is_the_gradient_norm_over_all_parameters(model: SASRec) -> None:
         assert scores[i] == pytest.approx(float(norm), rel=1e-5)
 
 
+def test_a_grand_parameter_pattern_matching_nothing_names_its_own_setting(model: SASRec) -> None:
+    hist, targets = _pairs()
+    with pytest.raises(ConfigError, match=r"`baselines\.grand_params` 'no_such_param' matches no surrogate parameter"):
+        grand_scores(model, hist, targets, "no_such_param")
+
+
 def _split_and_pool() -> tuple[Split, pd.DataFrame]:
     items = [f"m{i}" for i in range(9)]
     train = {f"u{u}": [items[(u + k) % 9] for k in range(5)] for u in range(8)}
