@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -105,14 +106,28 @@ def _check_budgets(cfg: DeftConfig, pool_size: int) -> list[int]:
     return budgets
 
 
-def remaining_seconds(done: list[dict[str, Any]], pending: list[ArmRun], pool_size: int) -> float | None:
+def remaining_seconds(done: list[dict[str, Any]], pending: list[ArmRun], pool_size: int,
+                      spent: Mapping[str, float] | None = None) -> float | None:
     """Projected wall time of the pending runs from the finished ones: training seconds per sample (epochs
-    included) times each run's sample count, plus the mean evaluation time."""
+    included) times each run's sample count, less what a run's checkpoint says it has trained already
+    (``spent``, by run key), plus the mean evaluation time."""
     if not done:
         return None
+    spent = spent or {}
     per_sample = sum(r["train"]["wall_s"] for r in done) / max(1, sum(r["samples"] for r in done))
     eval_s = float(np.mean([r["eval"]["wall_s"] for r in done]))
-    return sum(eval_s + per_sample * (pool_size if run.budget is None else run.budget) for run in pending)
+    return sum(eval_s + max(0.0, per_sample * (pool_size if run.budget is None else run.budget)
+                            - spent.get(run.key, 0.0)) for run in pending)
+
+
+def trained_so_far(pipe: Pipeline, runs: list[ArmRun]) -> dict[str, float]:
+    """Training seconds each run's checkpoint holds (runs without one are left out)."""
+    out = {}
+    for run in runs:
+        state = pipe.run.path("arms", run.key, "train", "checkpoint", "state.json")
+        if state.is_file():
+            out[run.key] = float(read_json(state).get("wall_s", 0.0))
+    return out
 
 
 def run_experiment(cfg: DeftConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True,
@@ -162,10 +177,11 @@ def _write_report(pipe: Pipeline, pool: Pool, cfg: DeftConfig, names: list[str],
     evaluated = len(users) if cfg.evaluation.max_users is None else min(len(users), cfg.evaluation.max_users)
     stage_costs = pipe.run.stage_costs()
     pending = [run for run in runs if run.key not in finished]
-    left = remaining_seconds(records, pending, len(pool.samples))
+    spent = trained_so_far(pipe, pending)
+    left = remaining_seconds(records, pending, len(pool.samples), spent)
     # The verdict needs random, dealrec and full: how long until those alone are in (they run first).
     headline = [run for run in pending if run.arm in (*HEADLINE_ARMS, "full")]
-    to_verdict = remaining_seconds(records, headline, len(pool.samples)) if headline else None
+    to_verdict = remaining_seconds(records, headline, len(pool.samples), spent) if headline else None
     status = {"finished": len(records), "planned": len(runs), "pending": [run.key for run in pending],
               "estimated_remaining_s": None if left is None or not pending else round(left),
               "headline_pending": len(headline),

@@ -40,6 +40,22 @@ def test_remaining_estimate_scales_training_by_samples():
     # 0.5 s per sample, 20 s per evaluation: (20 + 100) + (20 + 0.5 * 1000)
     assert remaining_seconds(done, pending, pool_size=1_000) == 640.0
     assert remaining_seconds([], pending, pool_size=1_000) is None
+    # a checkpoint of the full run holding 300 s of training leaves 200 of its 500 s to go
+    assert remaining_seconds(done, pending, pool_size=1_000, spent={"full-all-s0": 300.0}) == 340.0
+    assert remaining_seconds(done, pending, pool_size=1_000, spent={"full-all-s0": 900.0}) == 140.0  # not < 0
+
+
+def test_training_time_held_in_checkpoints_is_read_per_run(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from deft.experiment import trained_so_far
+
+    state = tmp_path / "arms" / "full-all-s0" / "train" / "checkpoint" / "state.json"
+    state.parent.mkdir(parents=True)
+    state.write_text(json.dumps({"step": 1268, "wall_s": 11980.9}))
+    pipe = SimpleNamespace(run=SimpleNamespace(path=lambda *parts: tmp_path.joinpath(*parts)))
+    assert trained_so_far(pipe, [ArmRun("full", None, 0), ArmRun("random", 256, 0)]) == {"full-all-s0": 11980.9}
 
 
 def test_summary_is_mean_and_sample_std_over_seeds_with_cost_fraction():
