@@ -289,19 +289,17 @@ def prune(ctx, source, config_path, fmt, items, split, construction, max_history
     The pool's size sets the cost: ML-100K's default windows (stride 1) are 97,171 samples, hours of effort
     scoring on a CPU; --stride 10 gives 10,132, --construction last_per_user 943.
     """
-    from deft.pipeline import check_prunable, check_writable, run_prune
+    from deft.pipeline import run_prune
 
     samples, overrides = _samples_or_source(source, samples_path, fmt, items, split, construction, max_history,
                                             stride, config_path)
-    if samples is not None:  # here, where the file's name is known
-        check_prunable(samples, samples_path)
-        check_writable(samples, samples_path)
     overrides.update({"model.name": model, "model.device": device, "selection.method": method,
                       "selection.lambda_": lambda_, "selection.strata": strata, "selection.hard_prune": hard_prune,
                       "selection.seed": seed,
                       "selection.budgets": [int(b) if b.strip().isdigit() else b for b in budgets] or None})
     cfg = _config(config_path, overrides)
-    result = run_prune(cfg, out, overwrite=overwrite, progress=not ctx.obj["quiet"], samples=samples)
+    result = run_prune(cfg, out, overwrite=overwrite, progress=not ctx.obj["quiet"], samples=samples,
+                       samples_file=samples_path)
     for budget, path in result.coresets.items():
         click.echo(f"coreset ({budget} samples): {path}")
     if result.valid is not None:

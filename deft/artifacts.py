@@ -355,13 +355,18 @@ class RunDir:
         p = self._meta_path(name)
         return read_json(p) if p.is_file() else None
 
-    def is_done(self, name: str, fp: str) -> bool:
-        """True if the stage finished with this fingerprint; raise on a different one unless overwriting."""
+    def is_done(self, name: str, fp: str, output: Path | None = None) -> bool:
+        """True if the stage finished with this fingerprint (and its ``output``, when named, is still there: a
+        deleted one is made again, with a word); raise on a different fingerprint unless overwriting."""
         meta = self.stage_meta(name)
         if meta is None or not meta.get("done"):
             return False
         if meta.get("fingerprint") == fp:
-            return True
+            if output is None or output.exists():
+                return True
+            log.warning("stage %s is recorded as finished, but its output %s is gone: computing it again", name,
+                        output)
+            return False
         if self.overwrite:
             return False
         raise ArtifactMismatchError(

@@ -122,12 +122,10 @@ def remaining_seconds(done: list[dict[str, Any]], pending: list[ArmRun], pool_si
 
 def trained_so_far(pipe: Pipeline, runs: list[ArmRun]) -> dict[str, float]:
     """Training seconds each run's checkpoint holds (runs without one are left out)."""
-    out = {}
-    for run in runs:
-        state = pipe.run.path("arms", run.key, "train", "checkpoint", "state.json")
-        if state.is_file():
-            out[run.key] = float(read_json(state).get("wall_s", 0.0))
-    return out
+    from deft.training import checkpoint_wall_s
+
+    spent = {run.key: checkpoint_wall_s(pipe.run.path("arms", run.key, "train")) for run in runs}
+    return {key: s for key, s in spent.items() if s is not None}
 
 
 def run_experiment(cfg: DeftConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True,

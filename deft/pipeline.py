@@ -206,7 +206,7 @@ class Pipeline:
         split = split_interactions(inter, self.cfg.data)
         fp = self.samples_fp(inter.fingerprint)
         path = self.run.path("samples.parquet")
-        if self._is_done("samples", fp, path):
+        if self.run.is_done("samples", fp, path):
             samples = read_parquet(path)
         else:
             with self.run.stage("samples", fp, count=None):
@@ -219,7 +219,7 @@ class Pipeline:
         """A pool given as a table of samples; user sequences for the surrogate are rebuilt from the windows."""
         _check_sample_columns(samples)
         fp = fingerprint({"samples": frame_fingerprint(samples), "prompt": to_dict(self.cfg.prompt)})
-        if not self._is_done("samples", fp, self.run.path("samples.parquet")):
+        if not self.run.is_done("samples", fp, self.run.path("samples.parquet")):
             with self.run.stage("samples", fp):
                 _write_samples(self.run.path("samples.parquet"), samples)
         return Pool(samples, split_from_samples(samples), fp, fp)
@@ -236,7 +236,7 @@ class Pipeline:
 
             fp = self.stage_fp("surrogate", pool)
             directory = self.run.path("surrogate")
-            if self._is_done("surrogate", fp, directory):
+            if self.run.is_done("surrogate", fp, directory):
                 model, index, meta = load_surrogate(directory)
                 self._surrogate = (model, index, meta.get("report", {}))
             else:
@@ -245,16 +245,6 @@ class Pipeline:
                                                            progress=self.progress)
                 self._surrogate = (model, index, report.to_dict())
         return self._surrogate
-
-    def _is_done(self, stage: str, fp: str, output: Path) -> bool:
-        """Finished with this fingerprint and its output still there; a deleted output is made again (with a
-        word), not a FileNotFoundError at the first read."""
-        if not self.run.is_done(stage, fp):
-            return False
-        if output.exists():
-            return True
-        log.warning("stage %s is recorded as finished, but its output %s is gone: computing it again", stage, output)
-        return False
 
     def score(self, pool: Pool, names: list[str]) -> pd.DataFrame:
         """Compute (or reuse) each named score; returns sample_id + one column per score, in pool order."""
@@ -278,7 +268,7 @@ class Pipeline:
     def _score_stage(self, stage: str, pool: Pool) -> pd.DataFrame:
         fp = self.stage_fp(stage, pool)
         path = self.run.path("scores", f"{stage}.parquet")
-        if self._is_done(stage, fp, path):
+        if self.run.is_done(stage, fp, path):
             self._check_cached_solve(stage)
             return read_parquet(path)
         if stage in ("influence", "loss"):
@@ -727,11 +717,12 @@ def run_scores(cfg: DeftConfig, out: str | Path, names: list[str], *, overwrite:
 
 
 def run_prune(cfg: DeftConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True,
-              samples: pd.DataFrame | None = None) -> PruneResult:
-    """The whole curation run; see the module docstring for caching and --overwrite."""
+              samples: pd.DataFrame | None = None, samples_file: str | Path | None = None) -> PruneResult:
+    """The whole curation run; see the module docstring for caching and --overwrite. ``samples_file``, where
+    ``samples`` were read from, is named in their errors."""
     if samples is not None:
-        check_prunable(samples)
-        check_writable(samples)
+        check_prunable(samples, samples_file)
+        check_writable(samples, samples_file)
     pipe = Pipeline(cfg, out, overwrite=overwrite, progress=progress)
     pool = pipe.pool_from_source() if samples is None else pipe.pool_from_frame(samples)
     method = cfg.selection.method

@@ -268,6 +268,12 @@ def finished_best_epoch(out_dir: str | Path) -> float | None:
     return _result_from_json(out_dir, read_json(out_dir / "train_result.json")).best_epoch
 
 
+def checkpoint_wall_s(out_dir: str | Path) -> float | None:
+    """Training seconds the resumable checkpoint in ``out_dir`` holds; None without one."""
+    ckpt = existing_dir(Path(out_dir) / "checkpoint")
+    return None if ckpt is None else float(read_json(ckpt / "state.json").get("wall_s", 0.0))
+
+
 STARTED = "train_started.json"  # claims the directory for a fingerprint before anything else is written
 OUTPUTS = ("adapter", "adapter.old", "train_log.json", "loss_curve.png")
 

@@ -128,6 +128,8 @@ def resolve_source(cfg: DataConfig) -> tuple[str, dict[str, Path]]:
 def _first_record_fields(path: Path, fmt: str) -> set[str]:
     """The field names of a file's first record (empty when they cannot be read cheaply): enough to tell a file
     of instruction samples, given where interactions were expected, from an interaction log."""
+    if fmt not in ("parquet", "csv", "amazon"):  # RecBole and MovieLens files cannot hold such samples
+        return set()
     try:
         if fmt == "parquet":
             import pyarrow.parquet as pq
@@ -138,7 +140,7 @@ def _first_record_fields(path: Path, fmt: str) -> set[str]:
             first = next((line for line in fh if line.strip()), "")
         if fmt == "csv":
             return set(next(csv.reader([first]), []))
-        record = json.loads(first) if fmt == "amazon" else None
+        record = json.loads(first)
         return set(record) if isinstance(record, dict) else set()
     except (OSError, ValueError, ImportError):
         return set()  # the reader proper will say what is wrong with the file

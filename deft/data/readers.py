@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from deft.config import DataConfig
 from deft.errors import DataFormatError
 
 log = logging.getLogger(__name__)
@@ -307,7 +308,9 @@ def pick(columns: Sequence[str], candidates: Sequence[str | None]) -> str | None
 
 # RecBole's own event column names, used when the config keeps the generic defaults (DataConfig's *_column)
 RECBOLE_EVENT_COLUMNS = {"user": "user_id", "item": "item_id", "timestamp": "timestamp", "rating": "rating"}
-GENERIC_COLUMNS = {"user": "user", "item": "item", "timestamp": "timestamp", "rating": "rating", "title": "title"}
+GENERIC_COLUMNS = {key: getattr(DataConfig, f"{name}_column") for key, name in
+                   (("user", "user"), ("item", "item"), ("timestamp", "time"), ("rating", "rating"),
+                    ("title", "title"))}
 
 
 def read_recbole(inter_path: Path, item_path: Path, cols: dict[str, str | None], *,
