@@ -345,7 +345,8 @@ def test_a_long_effort_pass_on_a_cpu_is_announced_once(tmp_path, monkeypatch, ca
     from deft.config import load_config
 
     monkeypatch.setattr(deft.pipeline, "LARGE_CPU_POOL", 5)
-    cfg = load_config(CONFIG, {"data.source": TINY, "selection.budgets": [6]})
+    # On the CPU even where a GPU is: the announcement is for CPU runs alone.
+    cfg = load_config(CONFIG, {"data.source": TINY, "selection.budgets": [6], "model.device": "cpu"})
     for announced in (True, False):  # the second time the effort stage is done: nothing to announce
         caplog.clear()
         with caplog.at_level("WARNING", logger="deft.pipeline"):

@@ -198,7 +198,9 @@ def test_response_cleaning_keeps_the_title_after_a_leading_newline(tiny):
 def test_embedding_ignores_padding_and_adapters(tiny):
     alone = embed_texts(tiny, ["Heat (1995)"], batch_size=1)
     batched = embed_texts(tiny, ["a much longer title than the other one", "Heat (1995)", ""], batch_size=3)
-    np.testing.assert_allclose(batched[1], alone[0], atol=1e-5)
+    # fp32 agrees to float error; in bf16 (a GPU machine) another batch shape rounds differently, by a bf16 step
+    # or two (2^-6 = 0.016 at magnitude 2), while attention that leaked into the padding would move it by O(1).
+    np.testing.assert_allclose(batched[1], alone[0], atol=1e-5 if tiny.numerics_key() == {} else 5e-2)
     assert np.isfinite(batched).all()
     peft_model = attach_lora(tiny, LoraConfig(), seed=0)
     try:

@@ -16,10 +16,14 @@ from deft.config import LoraConfig, ModelConfig
 from deft.errors import MissingAssetError, ModelLoadError
 from deft.models import LoadedModel, attach_lora, autocast, detach_lora, load_target_llm
 
+# fp32 on the CPU wherever the tests run: weights and outputs are compared exactly, and "auto" would pick CUDA and
+# bf16 on a GPU machine (or bf16 autocast on a CPU with AVX-512 BF16).
+CPU32 = {"device": "cpu", "autocast": "off"}
+
 
 @pytest.fixture
 def tiny() -> LoadedModel:
-    return load_target_llm(ModelConfig(name="tiny-llama", device="cpu", autocast="off"))
+    return load_target_llm(ModelConfig(name="tiny-llama", **CPU32))
 
 
 def _ids(loaded: LoadedModel, text: str = "Toy Story (1995)") -> torch.Tensor:
@@ -27,7 +31,7 @@ def _ids(loaded: LoadedModel, text: str = "Toy Story (1995)") -> torch.Tensor:
 
 
 def test_tiny_llama_is_deterministic_and_ready(tiny):
-    again = load_target_llm("tiny-llama")
+    again = load_target_llm(ModelConfig(name="tiny-llama", **CPU32))
     assert again.fingerprint == tiny.fingerprint
     for (name, a), (_, b) in zip(tiny.model.state_dict().items(), again.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
@@ -101,7 +105,7 @@ def test_interrupted_conversion_leaves_no_cache(tmp_path):
 def test_local_directory_loads_with_same_outputs(tiny, tmp_path):
     tiny.model.save_pretrained(tmp_path)
     tiny.tokenizer.save_pretrained(tmp_path)
-    local = load_target_llm(str(tmp_path))
+    local = load_target_llm(ModelConfig(name=str(tmp_path), **CPU32))
     assert torch.allclose(local.model(_ids(local)).logits, tiny.model(_ids(tiny)).logits)
     first = local.fingerprint
     assert load_target_llm(str(tmp_path)).fingerprint == first

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from deft import training
 from deft.artifacts import read_json
-from deft.config import LoraConfig, TrainingConfig
+from deft.config import LoraConfig, ModelConfig, TrainingConfig
 from deft.data.encoding import pad_batch
 from deft.errors import ArtifactMismatchError, OutputExistsError, TrainingDivergedError
 from deft.models import load_target_llm
@@ -21,7 +21,14 @@ from deft.training import encode_frame, epoch_batches, label_token_loss, lr_fact
 
 @pytest.fixture(scope="module")
 def tiny():
+    """Where the suite runs: CUDA and bf16 on a GPU machine, so training is checked there too."""
     return load_target_llm("tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def tiny_cpu32():
+    """fp32 on the CPU, for the checks that compare numbers exactly or are about fp32 keys."""
+    return load_target_llm(ModelConfig(name="tiny-llama", device="cpu", autocast="off"))
 
 
 def _frame(n: int = 8) -> pd.DataFrame:
@@ -37,7 +44,8 @@ def _cfg(**kw) -> TrainingConfig:
 
 
 @pytest.mark.parametrize("loss_on", ["response", "prompt"])
-def test_gathered_loss_equals_the_model_loss(tiny, loss_on):
+def test_gathered_loss_equals_the_model_loss(tiny_cpu32, loss_on):
+    tiny = tiny_cpu32
     encoded = encode_frame(tiny.tokenizer, _frame(3), loss_on)
     batch = pad_batch(encoded, tiny.tokenizer.pad_token_id)
     with torch.no_grad():
@@ -233,9 +241,11 @@ def test_best_epoch_from_log_takes_the_first_lowest_validation_loss(tmp_path):
     assert training.best_epoch_from_log(tmp_path / "missing.json", 8) is None
 
 
-def test_a_change_of_precision_is_a_new_training(tiny):
+def test_a_change_of_precision_is_a_new_training(tiny_cpu32):
     """fp32 keys carry no precision (they predate it); bf16 weights or autocast make another key."""
     from deft.models import LoadedModel
+
+    tiny = tiny_cpu32
 
     train, lora = _frame(), LoraConfig()
     amp = LoadedModel(tiny.model, tiny.tokenizer, tiny.device, torch.bfloat16, tiny.name, tiny.fingerprint)
