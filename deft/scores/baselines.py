@@ -39,6 +39,10 @@ from deft.surrogate.trainer import EncodedSplit, train_model
 log = logging.getLogger(__name__)
 
 BASELINES = ("grand", "el2n", "loss")
+# GraNd holds a (batch, parameters) gradient matrix. With ``all`` parameters its width grows with the catalogue
+# (the item embeddings): 256 samples x 100K items x 64 dims would be 6.5 GB. The batch shrinks to keep that
+# matrix near this size; on ML-100K (~160K parameters) the configured batch fits and nothing changes.
+GRAND_BATCH_BYTES = 1 << 30
 
 
 def grand_scores(model: SASRec, histories: torch.Tensor, targets: torch.Tensor, params: str = "all", *,
@@ -46,10 +50,20 @@ def grand_scores(model: SASRec, histories: torch.Tensor, targets: torch.Tensor, 
     """Per-sample gradient norms ||grad_theta l(s)||_2 (vmap(grad) in batches; dropout off)."""
     model.eval()
     problem = sasrec_problem(model, select_parameters(model, params, "baselines.grand_params"))
+    batch_size = grand_batch_size(batch_size, problem.theta)
     data = problem.data(model, histories, targets, seed, batch_size)
     out = [per_sample_grads(problem.loss_fn, problem.theta, take_rows(data, sl)).norm(dim=1).double().numpy()
            for sl in batch_slices(len(histories), batch_size)]
     return np.concatenate(out) if out else np.zeros(0)
+
+
+def grand_batch_size(batch_size: int, theta: torch.Tensor) -> int:
+    """``batch_size``, or fewer samples where their (batch, parameters) gradients would pass GRAND_BATCH_BYTES."""
+    fits = max(1, GRAND_BATCH_BYTES // (theta.numel() * theta.element_size()))
+    if fits < batch_size:
+        log.info("GraNd over %d parameters: batches of %d samples, not %d, to keep each batch's gradients near "
+                 "%.1f GB", theta.numel(), fits, batch_size, GRAND_BATCH_BYTES / 1e9)
+    return min(batch_size, fits)
 
 
 @torch.no_grad()

@@ -49,6 +49,24 @@ def test_grand_is_the_gradient_norm_over_all_parameters(model: SASRec) -> None:
         assert scores[i] == pytest.approx(float(norm), rel=1e-5)
 
 
+def test_grand_batches_shrink_to_a_memory_bound_with_the_same_scores(model: SASRec, monkeypatch) -> None:
+    import deft.scores.baselines as baselines
+
+    hist, targets = _pairs()
+    wide = grand_scores(model, hist, targets, "all", batch_size=4)
+    n_params = sum(p.numel() for p in model.parameters())
+    seen = []
+    real = baselines.per_sample_grads
+    monkeypatch.setattr(baselines, "per_sample_grads", lambda f, th, b: seen.append(len(b[0])) or real(f, th, b))
+    monkeypatch.setattr(baselines, "GRAND_BATCH_BYTES", 2 * n_params * 4)  # two samples' float32 gradients
+    narrow = grand_scores(model, hist, targets, "all", batch_size=4)
+    assert seen == [2, 2]
+    np.testing.assert_allclose(narrow, wide, rtol=1e-5)
+    assert baselines.grand_batch_size(4, torch.zeros(10)) == 4  # within the bound: as configured
+    monkeypatch.setattr(baselines, "GRAND_BATCH_BYTES", 1)
+    assert baselines.grand_batch_size(4, torch.zeros(10)) == 1  # never below one sample
+
+
 def test_a_grand_parameter_pattern_matching_nothing_names_its_own_setting(model: SASRec) -> None:
     hist, targets = _pairs()
     with pytest.raises(ConfigError, match=r"`baselines\.grand_params` 'no_such_param' matches no surrogate parameter"):
