@@ -293,7 +293,7 @@ class BaselinesConfig:
     early_epochs: int = 5
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     grand_params: str = "all"  # GraNd gradient over: all (Paul et al.) | attn_out | last_block | regex
-    batch_size: int = 256  # samples per vmap(grad) batch (GraNd over all parameters is memory-heavy)
+    batch_size: int = 256  # samples per vmap(grad) batch; fewer where their gradients would pass 1 GiB
 
     def problems(self, p: str = "baselines") -> list[str]:
         out: list[str] = []
