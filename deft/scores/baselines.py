@@ -62,7 +62,7 @@ def grand_batch_size(batch_size: int, theta: torch.Tensor) -> int:
     fits = max(1, GRAND_BATCH_BYTES // (theta.numel() * theta.element_size()))
     if fits < batch_size:
         log.info("GraNd over %d parameters: batches of %d samples, not %d, to keep each batch's gradients near "
-                 "%.1f GB", theta.numel(), fits, batch_size, GRAND_BATCH_BYTES / 1e9)
+                 "%.1f GiB", theta.numel(), fits, batch_size, GRAND_BATCH_BYTES / 2**30)
     return min(batch_size, fits)
 
 
