@@ -173,3 +173,20 @@ def test_smollm2_loads_from_cache_quickly():
     assert loaded.tokenizer.eos_token == loaded.tokenizer.pad_token == "<|im_end|>"
     assert loaded.model.config.num_hidden_layers == 30
     assert torch.isfinite(loaded.model(_ids(loaded)).logits).all()
+
+
+def test_special_tokens_come_from_the_gguf_file(tmp_path):
+    """transformers 5.17 reads SmolLM2's EOS as <|im_start|>: conversion sets the file's own ids, and a cache
+    converted with other ones is found at load (its tokenizer disagrees with the model config)."""
+    from deft.artifacts import write_json
+
+    assert models.gguf_special_token_ids(models.smollm2_gguf_path()) == {
+        "bos_token": 1, "eos_token": 2, "unk_token": 0, "pad_token": 2}
+    tok = models.build_tiny_tokenizer()
+    right = {"eos_token": tok.eos_token_id, "pad_token": tok.pad_token_id}
+    write_json(tmp_path / "config.json", {"eos_token_id": right["eos_token"], "pad_token_id": right["pad_token"]})
+    assert models._special_tokens_match(tok, tmp_path)
+    tok.eos_token = tok.convert_ids_to_tokens(5)  # what the faulty reader leaves
+    assert not models._special_tokens_match(tok, tmp_path)
+    models.set_special_tokens(tok, right)
+    assert tok.eos_token_id == right["eos_token"] and models._special_tokens_match(tok, tmp_path)
