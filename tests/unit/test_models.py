@@ -190,3 +190,26 @@ def test_special_tokens_come_from_the_gguf_file(tmp_path):
     assert not models._special_tokens_match(tok, tmp_path)
     models.set_special_tokens(tok, right)
     assert tok.eos_token_id == right["eos_token"] and models._special_tokens_match(tok, tmp_path)
+
+
+def test_a_cache_converted_with_other_special_tokens_is_converted_again(tiny, tmp_path, monkeypatch):
+    """A cache from a conversion by transformers 5.17 (EOS <|im_start|>) is found at load and made again."""
+    monkeypatch.setenv("DEFT_CACHE", str(tmp_path))
+    sha = models.file_sha256(models.smollm2_gguf_path())
+    target = tmp_path / "models" / f"{models.SMOLLM2}-{sha[:12]}"
+    tiny.model.save_pretrained(target)  # the tiny model stands in for the converted one: the check is the same
+    right_eos = tiny.tokenizer.eos_token
+    tiny.tokenizer.eos_token = tiny.tokenizer.convert_ids_to_tokens(5)
+    tiny.tokenizer.save_pretrained(target)
+    tiny.tokenizer.eos_token = right_eos
+    converted = []
+
+    def convert(gguf, where):
+        converted.append(where)
+        tiny.tokenizer.save_pretrained(where)
+
+    monkeypatch.setattr(models, "convert_gguf", convert)
+    _, tokenizer, _ = models._load_smollm2(torch.float32)
+    assert converted == [target] and tokenizer.eos_token == right_eos
+    models._load_smollm2(torch.float32)
+    assert converted == [target]  # a good cache is used as it is
