@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shlex
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from deft.artifacts import machine_info, measure, package_versions, write_text
+from deft.artifacts import measure, write_text
 from deft.config import EffortConfig, LoraConfig, ModelConfig, TrainingConfig
 from deft.models import load_target_llm
 from deft.report import markdown_table
@@ -35,7 +32,7 @@ from deft.scores.effort import compute_effort
 from deft.training import train_lora
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from effort_speed import pool_samples  # noqa: E402  (a sibling script, not a package)
+from effort_speed import pool_samples, provenance  # noqa: E402  (a sibling script, not a package)
 
 RESULT = Path(__file__).resolve().parent / "results" / "batch-speed.md"
 
@@ -107,11 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     text = [
         "# Speed by micro-batch size",
         "",
-        f"Command: `{shlex.join([sys.executable.rsplit('/', 1)[-1], *sys.argv])}`  ",
-        f"Date: {time.strftime('%Y-%m-%d %H:%M')}  ",
-        f"Machine: {machine_info()}, load average {os.getloadavg()[0]:.1f}, torch threads "
-        f"{torch.get_num_threads()}  ",
-        f"Packages: {package_versions()}  ",
+        *provenance(),  # the machine line includes torch's thread count
         f"Model: {args.model} on {loaded.device}, autocast {loaded.autocast_dtype}; {len(samples)} samples from "
         f"the {source}; LoRA r=8 on q_proj,v_proj. Each setting ran once after a warm-up on one group.",
         "",

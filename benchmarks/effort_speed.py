@@ -65,6 +65,14 @@ def pool_samples(loaded: LoadedModel, n: int, seed: int) -> tuple[pd.DataFrame, 
     return pool.sample(n=min(n, len(pool)), random_state=seed).reset_index(drop=True), "ML-100K sliding-window pool"
 
 
+def provenance() -> list[str]:
+    """The report's first lines: command, date, machine (with the load it ran beside) and package versions."""
+    return [f"Command: `{shlex.join([sys.executable.rsplit('/', 1)[-1], *sys.argv])}`  ",
+            f"Date: {time.strftime('%Y-%m-%d %H:%M')}  ",
+            f"Machine: {machine_info()}, load average {os.getloadavg()[0]:.1f}  ",
+            f"Packages: {package_versions()}  "]
+
+
 def timed_load(name: str) -> tuple[LoadedModel, float]:
     start = time.perf_counter()
     loaded = load_target_llm(ModelConfig(name=name))
@@ -125,10 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join([
         "# Effort pass vs plain forward",
         "",
-        f"Command: `{shlex.join([sys.executable.rsplit('/', 1)[-1], *sys.argv])}`  ",
-        f"Date: {time.strftime('%Y-%m-%d %H:%M')}  ",
-        f"Machine: {machine_info()}, load average {os.getloadavg()[0]:.1f}  ",
-        f"Packages: {package_versions()}  ",
+        *provenance(),
         f"Model: {args.model}; samples: {len(samples)} from the {source} (tokens per sample: mean "
         f"{sum(lengths) / len(lengths):.0f}); batch {args.batch_size}; LoRA r=8 on q_proj,v_proj; φ = all B.  ",
         f"Resident memory before the timed stages (model, data, libraries): {resident_mb:.0f} MB.",
