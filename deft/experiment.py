@@ -417,16 +417,25 @@ def per_user_ndcg(root: Path, record: dict[str, Any], k: int = 10) -> pd.Series:
     return frame.set_index("user")[f"ndcg@{k}"]
 
 
+def training_machines(record: dict[str, Any]) -> set[str]:
+    """Machines a run's training time was measured on: each resumed session's, else where the run finished.
+    Empty for records written before machines were recorded."""
+    sessions = record["train"].get("sessions") or []
+    machines = {s["machine"] for s in sessions if s.get("machine")}
+    return machines or ({record["machine"]} if record.get("machine") else set())
+
+
 def summarise(records: list[dict[str, Any]], cfg: DeftConfig, stage_costs: dict[str, Any],
               score_names: list[str]) -> list[dict[str, Any]]:
     """Mean +- std over seeds per (arm, budget), with the cost of pruning + training vs the full arm."""
-    frame = pd.DataFrame([{"arm": r["arm"], "budget": r["budget"], "seed": r["seed"], **r["metrics"],
+    frame = pd.DataFrame([{"record": i, "arm": r["arm"], "budget": r["budget"], "seed": r["seed"], **r["metrics"],
                            "train_s": r["train"]["wall_s"], "select_s": r["selection"]["wall_s"],
                            "eval_s": r["eval"]["wall_s"], "epochs": r["train"]["epochs"],
                            "best_epoch": r["train"].get("best_epoch"),
                            "peak_mb": max(r["train"].get("peak_mb", 0.0), r["eval"].get("peak_mb", 0.0))}
-                          for r in records])
+                          for i, r in enumerate(records)])
     full_train = frame.loc[frame["arm"] == "full", "train_s"].mean() if (frame["arm"] == "full").any() else None
+    full_machines = set().union(*[training_machines(r) for r in records if r["arm"] == "full"])
     rows = []
     for (arm, budget), group in frame.groupby(["arm", "budget"], dropna=False, sort=False):
         stages = method_stages(arm, ccs_score=cfg.selection.ccs_score) if arm != "full" else []
@@ -440,13 +449,27 @@ def summarise(records: list[dict[str, Any]], cfg: DeftConfig, stage_costs: dict[
                "train_s": round(float(group["train_s"].mean()), 2), "pipeline_s": round(float(pipeline_s), 2),
                "eval_s": round(float(group["eval_s"].mean()), 2), "peak_mb": float(group["peak_mb"].max()),
                "fraction_of_full": None if not full_train or missing else round(float(pipeline_s / full_train), 4),
-               "missing_stage_costs": missing}
+               "missing_stage_costs": missing,
+               # a fraction whose times come from different CPUs is not like for like: the report marks it
+               "fraction_machines": _fraction_machines([records[i] for i in group["record"]], stages, stage_costs, full_machines)
+               if arm != "full" and full_train else []}
         for metric in [c for c in frame.columns if "@" in c]:
             row[metric] = float(group[metric].mean())
             # sample std (ddof 1): with 3 seeds the population std would understate the spread by ~18%
             row[f"{metric}_std"] = float(group[metric].std(ddof=1)) if len(group) > 1 else 0.0
         rows.append(row)
     return rows
+
+
+def _fraction_machines(runs: list[dict[str, Any]], stages: list[str], stage_costs: dict[str, Any],
+                       full_machines: set[str]) -> list[str]:
+    """The machines behind a row's cost fraction when there are several (else []): its scoring stages', its
+    runs' training and selection, and the full arm's training."""
+    machines = set(full_machines)
+    machines |= {stage_costs[s]["machine"] for s in stages if stage_costs.get(s, {}).get("machine")}
+    for record in runs:
+        machines |= training_machines(record)
+    return sorted(machines) if len(machines) > 1 else []
 
 
 def compare(root: Path, records: list[dict[str, Any]], cfg: DeftConfig, k: int = 10) -> list[dict[str, Any]]:

@@ -46,7 +46,10 @@ def _fraction_cell(row: dict[str, Any]) -> str:
     if row.get("missing_stage_costs"):
         return f"– (no cost recorded for {', '.join(row['missing_stage_costs'])})"
     frac = row.get("fraction_of_full")
-    return "–" if frac is None else f"{100 * frac:.1f}%"
+    if frac is None:
+        return "–"
+    # marked, since its times come from different CPUs (see "measured on more than one machine")
+    return f"{100 * frac:.1f}%" + (" †" if row.get("fraction_machines") else "")
 
 
 def convergence_note(runs: list[dict[str, Any]], cap: int | None) -> list[str]:
@@ -149,8 +152,9 @@ def verdict(summary: list[dict[str, Any]], comparisons: list[dict[str, Any]], me
         if full is not None:
             parts.append(_against(row, full, "full", ci("full"), metric))
         if row.get("fraction_of_full") is not None:
+            mixed = row.get("fraction_machines")
             parts.append(f"pruning + training cost {100 * row['fraction_of_full']:.1f}% of the full arm's "
-                         "fine-tuning time")
+                         "fine-tuning time" + (f" (times from different machines: {', '.join(mixed)})" if mixed else ""))
         others = [r for (a, b), r in rows.items() if b == budget and a not in ("dealrec", "random", "full")]
         if others:
             best = max(others, key=lambda r: r[metric])
@@ -452,6 +456,9 @@ def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[
         "stage, which computes GraNd and EL2N in one pass; `dealrec`, `greedy` and `influence_only` each pay the "
         "surrogate. "
         "`epochs run (best)`: epochs trained per seed, and the epoch of the kept best-validation adapter.",
+        *(["", "† this fraction divides times measured on different machines (listed above), so it is not like "
+               "for like: a slower machine on either side moves it."]
+          if any(r.get("fraction_machines") for r in summary) else []),
         "",
         "![NDCG by arm](ndcg_by_arm.png)",
         "",

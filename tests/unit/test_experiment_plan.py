@@ -140,3 +140,28 @@ def test_budgets_that_cannot_run_are_refused_before_any_run():
     assert [r.key for r in plan_runs(_cfg(arms=["random"], budgets=[901]), 1_000)] == ["random-901-s0"]
     with pytest.raises(ConfigError, match="repeats an arm"):
         _cfg(arms=["random", "dealrec", "random"])
+
+
+def test_a_fraction_from_times_on_different_machines_is_marked():
+    from deft.experiment import summarise
+    from deft.report.experiment import experiment_table, verdict
+
+    def record(arm, budget, train_s, machines):
+        return {"arm": arm, "budget": budget, "seed": 0, "metrics": {"ndcg@10": 0.1, "recall@10": 0.2},
+                "train": {"wall_s": train_s, "epochs": 2,
+                          "sessions": [{"step": 0, "wall_s": 0.0, "machine": m} for m in machines]},
+                "selection": {"wall_s": 0.0}, "eval": {"wall_s": 5.0}, "machine": machines[-1]}
+
+    costs = {s: {"wall_s": 1.0, "machine": "intel"} for s in ("surrogate", "influence", "effort")}
+    records = [record("full", None, 100.0, ["intel", "intel"]), record("random", 8, 10.0, ["amd"]),
+               record("dealrec", 8, 7.0, ["intel"])]
+    rows = {r["arm"]: r for r in summarise(records, _cfg(), costs, [])}
+    assert rows["random"]["fraction_machines"] == ["amd", "intel"]
+    assert rows["dealrec"]["fraction_machines"] == [] and rows["full"]["fraction_machines"] == []
+    table = experiment_table(list(rows.values()), [10])
+    assert "| 10.0% † |" in table and "| 10.0% |" in table  # dealrec: 3 s scoring + 7 s training, one machine
+    (line,) = verdict(list(rows.values()), [])
+    assert "times from different machines" not in line  # the dealrec row is like for like
+    rows["dealrec"]["fraction_machines"] = ["amd", "intel"]
+    (line,) = verdict(list(rows.values()), [])
+    assert "(times from different machines: amd, intel)" in line
