@@ -313,7 +313,13 @@ def generate(loaded: LoadedModel, adapter_dir: str | Path | None, prompts: Seque
     encoded = _encode_texts(tok, prompts)
     gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=eval_cfg.num_beams,
                                num_return_sequences=1, pad_token_id=_pad_id(tok), eos_token_id=tok.eos_token_id,
-                               use_cache=True)  # the loaded model's config turns the cache off for scoring
+                               use_cache=True,  # the loaded model's config turns the cache off for scoring
+                               # transformers fills every field left unset from the checkpoint's own
+                               # generation_config.json, and a chat model's may ask for a repetition penalty;
+                               # set them so that greedy and beam search mean the same on every model
+                               repetition_penalty=1.0, no_repeat_ngram_size=0, length_penalty=1.0,
+                               min_new_tokens=0, bad_words_ids=None, suppress_tokens=None,
+                               begin_suppress_tokens=None, forced_bos_token_id=None, forced_eos_token_id=None)
     out: list[str | None] = [None] * len(prompts)
     saved, earlier_s = load_partial(partial)
     if saved and max(saved) >= len(prompts):
@@ -499,6 +505,8 @@ def evaluation_fingerprint(loaded: LoadedModel, adapter_dir: str | Path | None, 
     targets, titles, result settings, generation length, precision and the evaluation code's version."""
     return fingerprint(with_code({"model": loaded.fingerprint, "adapter": _adapter_fingerprint(adapter_dir),
                                   "users": frame_fingerprint(users[list(USER_COLUMNS)]),
+                                  # what is kept out of each ranking (see _excluded), when anything is
+                                  "excluded": _excluded_fingerprint(users, eval_cfg),
                                   "titles": fingerprint(sorted([str(k), v] for k, v in titles.items())),
                                   "eval": eval_cfg.result_settings(), "max_new_tokens": max_new,
                                   # generation and grounding differ in the low bits between fp32 and bf16 runs
@@ -597,6 +605,12 @@ def evaluate(loaded: LoadedModel, adapter_dir: str | Path | None, users: pd.Data
     partial.unlink(missing_ok=True)  # per_user.parquet holds every response now
     log.info("evaluated %d users in %.1f s: %s", len(users), wall, metrics)
     return EvalResult(metrics, per_user, wall, s_per_user, out_dir, titles_s)
+
+
+def _excluded_fingerprint(users: pd.DataFrame, eval_cfg: EvaluationConfig) -> str | None:
+    if not eval_cfg.exclude_history or "seen" not in users.columns:
+        return None  # nothing is excluded, or the prompt's history is, which "users" already covers
+    return frame_fingerprint(users[["user", "seen"]])
 
 
 def _excluded(users: pd.DataFrame) -> list[set]:

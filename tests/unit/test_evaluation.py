@@ -14,7 +14,7 @@ from deft import evaluation
 from deft.artifacts import read_json
 from deft.config import EvaluationConfig, LoraConfig
 from deft.data.prompts import render_prompt
-from deft.errors import DataFormatError
+from deft.errors import ArtifactMismatchError, DataFormatError
 from deft.evaluation import (
     compare_evaluations,
     embed_texts,
@@ -228,6 +228,19 @@ def test_batched_generation_equals_one_at_a_time(tiny):
     assert all("\n" not in g for g in batched)
 
 
+def test_a_checkpoints_own_generation_settings_do_not_change_greedy_decoding(tiny, monkeypatch):
+    """A chat model's generation_config.json may ask for a repetition penalty or ban repeated n-grams;
+    transformers would apply them to any field the caller leaves unset, and greedy would no longer be greedy."""
+    prompts = [render_prompt(w, w) for w in ["Heat", "Toy Story", "Fargo and Babe"]]
+    cfg = EvaluationConfig(batch_size=3)
+    plain = generate(tiny, None, prompts, cfg, max_new_tokens=8)
+    model_cfg = tiny.model.generation_config
+    for field, value in {"repetition_penalty": 5.0, "no_repeat_ngram_size": 1, "min_new_tokens": 8,
+                         "suppress_tokens": [tiny.tokenizer.eos_token_id]}.items():
+        monkeypatch.setattr(model_cfg, field, value, raising=False)
+    assert generate(tiny, None, prompts, cfg, max_new_tokens=8) == plain
+
+
 def test_killed_generation_resumes_from_its_saved_batches(tiny, tmp_path, monkeypatch):
     words = ["Heat", "Toy Story", "Fargo and Babe", "Alien", "Zz Top 123 long one", "Babe"]
     prompts = [render_prompt(w, w) for w in words]
@@ -331,3 +344,12 @@ def test_exclude_history_removes_every_seen_item_not_only_the_prompt(tiny, tmp_p
     for seen, top in zip(users["seen"], result.per_user["top2"], strict=True):
         assert not set(seen) & set(top)
     assert read_json(tmp_path / "metrics.json")["excluded"].startswith("every item seen before the target (2.3")
+
+
+def test_the_items_kept_out_of_the_ranking_are_part_of_the_cached_results_key(tiny, tmp_path):
+    users = _users().assign(seen=[["i1", "i2", "i3"], ["i2", "i4"], ["i1", "i4"]])
+    cfg = EvaluationConfig(batch_size=2, ks=[1, 2], exclude_history=True)
+    evaluate(tiny, None, users, TITLES, cfg, tmp_path, progress=False)
+    other = users.assign(seen=[["i1"], ["i2"], ["i4"]])  # same prompts and targets, other items seen
+    with pytest.raises(ArtifactMismatchError):  # not the saved results of the first frame
+        evaluate(tiny, None, other, TITLES, cfg, tmp_path, progress=False)
