@@ -101,8 +101,14 @@ def comparison_table(comparisons: list[dict[str, Any]]) -> str:
         seeds = f"{_seed_list(c.get('seeds'))} / {_seed_list(c.get('against_seeds'))}"
         lines.append(f"| {c['arm']} | {_budget_label(c['budget'])} | {c['against']} | {seeds} | "
                      f"{c['mean_diff']:+.4f} | [{c['lo']:+.4f}, {c['hi']:+.4f}] | "
-                     f"{c.get('p_value', float('nan')):.3f} |")
+                     f"{_p_text(c)} |")
     return "\n".join(lines)
+
+
+def _p_text(c: dict[str, Any]) -> str:
+    """The bootstrap p-value; one that no resample reached reads "< 1/n", not a p of zero."""
+    p, n = c.get("p_value", float("nan")), c.get("n")
+    return f"< {1 / n:.3g}" if p == 0 and n else f"{p:.3f}"
 
 
 def _seed_list(seeds: list[int] | None) -> str:

@@ -336,6 +336,8 @@ def test_verdict_says_when_the_comparison_covers_fewer_seeds_than_the_levels():
     ci = {**_ci("random", -0.002, 0.0012), "seeds": [0, 1], "against_seeds": [0, 1]}
     assert "on seeds 0, 1, which both have finished" in verdict(summary, [ci])[0]
     assert "| 0, 1 / 0, 1 |" in comparison_table([ci])
+    assert comparison_table([{**ci, "p_value": 0.0, "n": 1000}]).endswith("| < 0.001 |")  # no resample reached 0
+    assert comparison_table([{**ci, "p_value": 0.022, "n": 1000}]).endswith("| 0.022 |")
     summary[1]["seeds"] = 2
     assert "which both have finished" not in verdict(summary, [ci])[0]
     one = {**ci, "seeds": [0], "against_seeds": [0]}
