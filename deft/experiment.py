@@ -281,7 +281,7 @@ def _run_arm(pipe: Pipeline, pool: Pool, scores: pd.DataFrame, valid: pd.DataFra
         trained = train_lora(pipe.llm(), train_samples, valid, cfg.lora, train_cfg, arm_dir / "train",
                              progress=pipe.progress, overwrite=pipe.run.overwrite)
     with measure() as eval_cost:
-        evaluated = evaluate(pipe.llm(), trained.adapter_dir, users, pool.titles, cfg.evaluation,
+        evaluated = evaluate(pipe.llm(), trained.adapter_dir, users, pipe.grounding_titles(pool), cfg.evaluation,
                              arm_dir / "eval", cache_dir=pipe.run.path("cache"), progress=pipe.progress,
                              overwrite=pipe.run.overwrite)
     record = {"key": run.key, "arm": run.arm, "budget": run.budget, "seed": run.seed, "fingerprint": fp,

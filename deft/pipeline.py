@@ -92,6 +92,7 @@ class Pipeline:
         self.run = RunDir(out, overwrite=overwrite)
         self.progress = progress
         self._llm = None
+        self._grounding: dict[str, dict[str, str]] = {}  # pool fingerprint -> grounding titles
         self._surrogate = None
 
     # ------------------------------------------------------------------------------------------- models
@@ -113,6 +114,15 @@ class Pipeline:
         c = self.cfg
         tokenizer = self.llm().tokenizer if self._needs_tokenizer() else None
         return valid_samples(pool.split, pool.titles, c.samples, c.prompt, tokenizer=tokenizer)
+
+    def grounding_titles(self, pool: Pool) -> dict[str, str]:
+        """item -> the title generations are grounded to: as the samples show it (see data.grounding_titles)."""
+        from deft.data import grounding_titles
+
+        if pool.fingerprint not in self._grounding:  # every arm evaluates against them: tokenize the catalogue once
+            tokenizer = self.llm().tokenizer if self._needs_tokenizer() else None
+            self._grounding[pool.fingerprint] = grounding_titles(pool.titles, self.cfg.prompt, tokenizer)
+        return self._grounding[pool.fingerprint]
 
     def early_stopping_samples(self, pool: Pool) -> pd.DataFrame:
         """The validation samples every fine-tuning run stops on: ``training.valid_samples`` of them, drawn once
@@ -801,7 +811,7 @@ def run_train(cfg: DeftConfig, samples_path: str | Path, valid_path: str | Path 
 
 def run_evaluate(cfg: DeftConfig, adapter: str | Path | None, out: str | Path, *, progress: bool = True,
                  overwrite: bool = False):
-    from deft.data import build_eval_users, load_interactions, split_interactions
+    from deft.data import build_eval_users, grounding_titles, load_interactions, split_interactions
     from deft.evaluation import check_adapter, evaluate
     from deft.models import load_target_llm
 
@@ -812,7 +822,8 @@ def run_evaluate(cfg: DeftConfig, adapter: str | Path | None, out: str | Path, *
     # The same prompt budget as training and `deft run`: histories trimmed, long titles cut to max_tokens.
     tokenizer = loaded.tokenizer if cfg.prompt.max_tokens is not None else None
     users = build_eval_users(split, inter.titles, cfg.prompt, cfg.samples, which="test", tokenizer=tokenizer)
-    return evaluate(loaded, adapter, users, inter.titles, cfg.evaluation, Path(out), progress=progress,
+    titles = grounding_titles(inter.titles, cfg.prompt, tokenizer)
+    return evaluate(loaded, adapter, users, titles, cfg.evaluation, Path(out), progress=progress,
                     overwrite=overwrite)
 
 

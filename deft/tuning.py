@@ -163,7 +163,7 @@ def _tune_run(pipe: Pipeline, pool: Pool, scores: pd.DataFrame, early: pd.DataFr
     save_coreset(run_dir / "coreset.parquet", pool, selection)
     trained = train_lora(pipe.llm(), chosen, early, cfg.lora, replace(cfg.training, seed=seed), run_dir / "train",
                          progress=pipe.progress, overwrite=pipe.run.overwrite)
-    evaluated = evaluate(pipe.llm(), trained.adapter_dir, users, pool.titles, cfg.evaluation, run_dir / "eval",
+    evaluated = evaluate(pipe.llm(), trained.adapter_dir, users, pipe.grounding_titles(pool), cfg.evaluation, run_dir / "eval",
                          cache_dir=pipe.run.path("cache"), progress=pipe.progress, overwrite=pipe.run.overwrite)
     record = {"key": key, "lambda": lam, "budget": budget, "seed": seed, "fingerprint": fp,
               "samples": len(chosen), "metrics": evaluated.metrics,

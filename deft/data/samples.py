@@ -159,6 +159,16 @@ def _warn_short(users: list[str], positions: list[int], before: list[list[str]],
                     min_history, max_tokens, ", ".join(short[:5]), ", ..." if len(short) > 5 else "")
 
 
+def grounding_titles(titles: Mapping[str, str], prompt_cfg: PromptConfig, tokenizer=None) -> dict[str, str]:
+    """item -> the title generations are grounded to: the one prompts show and samples answer with.
+
+    With a token budget (``prompt.max_tokens`` and a tokenizer) an over-long title is cut to
+    ``max_title_tokens`` in every sample, so a fine-tuned model answers with the cut text; grounding against
+    the uncut catalogue would miss the exact-title match and rank by a different last-token embedding."""
+    tokenizer = tokenizer if prompt_cfg.max_tokens is not None else None
+    return _display_titles(titles, list(titles), prompt_cfg, tokenizer)
+
+
 def _display_titles(titles: Mapping[str, str], items: list[str], prompt_cfg: PromptConfig,
                     tokenizer) -> dict[str, str]:
     """item -> the title text prompts show (cut to max_title_tokens when there is a tokenizer to count with)."""

@@ -13,6 +13,7 @@ from deft.data import (
     Split,
     build_eval_users,
     build_samples,
+    grounding_titles,
     load_interactions,
     render_prompt,
     split_interactions,
@@ -278,3 +279,16 @@ def test_ml100k_sample_counts() -> None:
     assert len(build_samples(split, inter.titles, SamplesConfig(stride=1), PromptConfig())) == 97_171
     assert len(build_samples(split, inter.titles, SamplesConfig(stride=10), PromptConfig())) == 10_132
     assert len(build_samples(split, inter.titles, SamplesConfig(construction="last_per_user"), PromptConfig())) == 943
+
+
+def test_generations_are_grounded_to_the_titles_the_samples_answer_with(data, tokenizer) -> None:
+    split, titles = data
+    titles = dict(titles)
+    titles["3"] = "The Unfinished Symphony of Dr. Lark " * 40
+    prompt = PromptConfig(max_tokens=64, max_title_tokens=4)
+    frame = build_samples(split, titles, SamplesConfig(), prompt, tokenizer=tokenizer)
+    grounded = grounding_titles(titles, prompt, tokenizer)
+    assert grounded["3"] == "The Unfinished Symphony of" == frame.set_index("sample_id").loc["1:2", "output"]
+    assert all(grounded[r.target_item] == r.output for r in frame.itertuples())  # every answer grounds exactly
+    assert set(grounded) == set(titles)  # the whole catalogue, not only the items samples name
+    assert grounding_titles(titles, PromptConfig(max_tokens=None), tokenizer) == titles  # no budget: nothing cut
