@@ -174,7 +174,7 @@ def read_jsonl(path: Path, fields: Sequence[str], optional: Sequence[str] = ()) 
     frames, found = [], {}
     try:
         with pd.read_json(path, lines=True, dtype=False, convert_dates=False, chunksize=JSON_CHUNK,
-                          encoding="utf-8") as reader:
+                          encoding="utf-8-sig") as reader:  # -sig: a leading byte-order mark is not JSON
             for chunk in reader:
                 found.update(dict.fromkeys(chunk.columns))
                 frames.append(chunk.reindex(columns=columns))
@@ -202,11 +202,12 @@ def parse_ids(table: Table, column: str, label: str | None = None) -> pd.Series:
 
 
 def parse_numbers(table: Table, column: str, label: str | None = None, *, allow_missing: bool = False,
-                  why: str = "") -> pd.Series:
+                  why: str = "", below: float | None = None) -> pd.Series:
     """A numeric column as float64; the first value that is not a finite number is an error naming it.
 
     With ``allow_missing`` a blank or absent value becomes NaN (text that is not a number is still an error);
-    ``why`` is appended to the error for a missing value, to say what needs it.
+    ``why`` is appended to the error for a missing value, to say what needs it. With ``below``, a value whose
+    magnitude reaches it is an error too.
     """
     values = table.frame[column]
     if pd.api.types.is_datetime64_any_dtype(values):
@@ -223,6 +224,11 @@ def parse_numbers(table: Table, column: str, label: str | None = None, *, allow_
         name = label or column
         what = f"is missing{why}" if _blank(values.iloc[pos : pos + 1])[0] else f"is not a number: {value!r}"
         raise table.error(table.frame.index[pos], f"column '{name}' {what}", name)
+    if below is not None and (big := np.abs(numbers.to_numpy()) >= below).any():
+        pos = int(np.argmax(big))
+        name = label or column
+        raise table.error(table.frame.index[pos], f"column '{name}' is out of range: {values.iloc[pos]!r} (its "
+                                                  f"magnitude must be below {below:.3g})", name)
     return numbers
 
 
@@ -293,7 +299,8 @@ def make_events(table: Table, cols: dict[str, str | None], labels: dict[str, str
     return pd.DataFrame({
         "user": parse_ids(table, cols["user"], labels.get("user")).to_numpy(),
         "item": parse_ids(table, cols["item"], labels.get("item")).to_numpy(),
-        "timestamp": parse_numbers(table, cols["timestamp"], labels.get("timestamp")).to_numpy(),
+        # timestamps become int64: a larger one would wrap to a negative time and silently reorder its user
+        "timestamp": parse_numbers(table, cols["timestamp"], labels.get("timestamp"), below=2.0**63).to_numpy(),
         "rating": rating.to_numpy(dtype="float64"),
     })
 

@@ -336,3 +336,22 @@ def test_missing_recbole_package_says_how_to_install(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(importlib.metadata, "distribution", missing)
     with pytest.raises(MissingAssetError, match=r"pip install --no-deps recbole==1\.2\.1"):
         load_interactions(DataConfig(source="ml-100k"))
+
+
+def test_timestamp_beyond_int64_is_an_error_not_a_wrapped_time(tmp_path: Path) -> None:
+    # cast to int64 as it was, 1e20 became -9.2e18: the user's newest item would have sorted first
+    (tmp_path / "interactions.csv").write_text("user,item,timestamp\n1,a,5\n1,b,1e20\n")
+    (tmp_path / "items.csv").write_text("item,title\na,Alpha\nb,Beta\n")
+    with pytest.raises(DataFormatError, match=r"interactions\.csv line 3: column 'timestamp' is out of range: "
+                                              r"'1e20'"):
+        load(tmp_path)
+
+
+@pytest.mark.parametrize("year", ["2018", "2023"])
+def test_json_lines_with_a_byte_order_mark_load_as_without(tmp_path: Path, year: str) -> None:
+    folder = amazon_copy(tmp_path, year)
+    plain = load(folder)
+    for path in folder.iterdir():
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    marked = load(folder)
+    assert marked.titles == plain.titles and marked.events.equals(plain.events)
