@@ -348,6 +348,7 @@ class Pipeline:
         n = len(pool.samples)
         resolved = [resolve_budget(b, n) for b in (budgets or c.budgets)]
         columns = {k: scores[k].to_numpy(np.float64) for k in scores.columns if k != "sample_id"}
+        _check_finite(scores, columns)
         embeddings = self.sample_embeddings(pool) if method == "kcenter" else None
         lambda_ = c.lambda_ if lambda_ is None else lambda_
         return {b: sel.select(method, columns, b, strata=c.strata, hard_prune=c.hard_prune, lambda_=lambda_,
@@ -807,6 +808,17 @@ def run_train(cfg: DeftConfig, samples_path: str | Path, valid_path: str | Path 
     loaded = load_target_llm(cfg.model)
     return train_lora(loaded, train, valid, cfg.lora, cfg.training, Path(out), progress=progress,
                       overwrite=overwrite)
+
+
+def _check_finite(scores: pd.DataFrame, columns: dict[str, np.ndarray]) -> None:
+    """A NaN or infinite score (an overflowing gradient norm, a diverged solve) named with its first sample,
+    before selection turns it into a bare count."""
+    for name, values in columns.items():
+        bad = ~np.isfinite(values)
+        if bad.any():
+            first = scores["sample_id"].iloc[int(np.argmax(bad))] if "sample_id" in scores else int(np.argmax(bad))
+            raise DeftError(f"score '{name}' is NaN or infinite for {int(bad.sum())} of {len(values)} samples, "
+                            f"first sample_id {first!r}; selection cannot rank such a sample", field=name)
 
 
 def run_evaluate(cfg: DeftConfig, adapter: str | Path | None, out: str | Path, *, progress: bool = True,

@@ -281,12 +281,12 @@ def _pool_size(scores: Mapping[str, np.ndarray], embeddings: np.ndarray | None, 
 def _resolve(budget: int | str, n: int) -> int:
     if isinstance(budget, str):
         # Imported here so that importing deft.selection pulls in numpy only (deft.config needs yaml).
-        from deft.config import resolve_budget
+        from deft.config import budget_ok, resolve_budget
 
-        try:
-            return resolve_budget(budget, n)
-        except ValueError as exc:
-            raise BudgetError(f"budget must be a positive integer or a percentage like '2%', got {budget!r}") from exc
+        if not budget_ok(budget):  # "0%", "-5%", "inf%" would otherwise resolve to 1 sample or overflow
+            raise BudgetError(f"budget must be a positive integer or a percentage in (0, 100] like '2%', "
+                              f"got {budget!r}")
+        return resolve_budget(budget, n)
     return budget
 
 

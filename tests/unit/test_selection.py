@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -128,7 +129,7 @@ def test_unpruned_methods_take_up_to_the_pool(method: str, pool: dict, embedding
         run(method, pool, N + 1, embeddings)
 
 
-@pytest.mark.parametrize("budget", [0, -3, True, 2.5])
+@pytest.mark.parametrize("budget", [0, -3, True, 2.5, "0%", "-5%", "inf%", "150%"])
 def test_invalid_budget(budget: object, pool: dict) -> None:
     with pytest.raises(BudgetError, match="positive integer"):
         select("dealrec", pool, budget)  # type: ignore[arg-type]
@@ -334,3 +335,23 @@ def test_random_needs_only_the_pool_size() -> None:
     assert np.array_equal(sel.indices, select("random", {"effort": np.ones(10)}, 3, seed=1).indices)
     with pytest.raises(ValueError, match="one value per pool sample"):
         select("random", {"effort": np.ones(9)}, 3, pool_size=10)
+
+
+def test_a_non_finite_score_is_named_with_its_first_sample_before_selection(tmp_path) -> None:
+    import pandas as pd
+
+    from deft.config import DeftConfig
+    from deft.errors import DeftError
+    from deft.pipeline import Pipeline
+
+    ids = [f"s{i}" for i in range(20)]
+    pool = SimpleNamespace(samples=pd.DataFrame({"sample_id": ids}))
+    scores = pd.DataFrame({"sample_id": ids, "influence": np.linspace(0, 1, 20), "effort": np.ones(20)})
+    scores.loc[7, "effort"] = np.inf
+    scores.loc[9, "effort"] = np.nan
+    with pytest.raises(DeftError, match=r"score 'effort' is NaN or infinite for 2 of 20 samples, first sample_id "
+                                        r"'s7'") as err:
+        Pipeline(DeftConfig(), tmp_path).select(pool, scores, "dealrec", [5])
+    assert err.value.field == "effort"
+    scores.loc[[7, 9], "effort"] = 1.0
+    assert len(Pipeline(DeftConfig(), tmp_path).select(pool, scores, "dealrec", [5])[5].indices) == 5
