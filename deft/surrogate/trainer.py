@@ -76,7 +76,8 @@ def ranking_metrics(ranked: np.ndarray, targets: Sequence[Sequence[int]], ks: Se
     width = min(kmax, ranked.shape[1])
     for u, t in enumerate(targets):
         hits[u, :width] = np.isin(ranked[u, :width], list(t))
-    n_targets = np.array([len(t) for t in targets], dtype=np.float64)
+    # distinct targets, as deft.evaluation counts them: an item repeated in a user's test period is one hit
+    n_targets = np.array([len(set(t)) for t in targets], dtype=np.float64)
     out: dict[str, float] = {}
     for k in ks:
         dcg = hits[:, :k] @ discounts[:k]

@@ -105,6 +105,12 @@ def test_ranking_metrics_on_hand_made_rankings() -> None:
     assert m["users"] == 3
 
 
+def test_a_repeated_target_counts_once_as_in_the_llm_evaluation() -> None:
+    ranked = np.array([[3, 4, 9]])
+    assert ranking_metrics(ranked, [[3, 3]], ks=(3,)) == ranking_metrics(ranked, [[3]], ks=(3,))
+    assert ranking_metrics(ranked, [[3, 3]], ks=(3,))["recall@3"] == 1.0
+
+
 def test_ranking_metrics_with_fewer_items_than_k() -> None:
     m = ranking_metrics(np.array([[2, 1]]), [[1]], ks=(10,))
     assert m["recall@10"] == 1.0 and m["ndcg@10"] == pytest.approx(1 / np.log2(3))
