@@ -503,15 +503,16 @@ def evaluation_fingerprint(loaded: LoadedModel, adapter_dir: str | Path | None, 
                            titles: Mapping[Hashable, str], eval_cfg: EvaluationConfig, max_new: int) -> str:
     """What an evaluation's result depends on: model, adapter files, the (already capped) users' prompts and
     targets, titles, result settings, generation length, precision and the evaluation code's version."""
-    return fingerprint(with_code({"model": loaded.fingerprint, "adapter": _adapter_fingerprint(adapter_dir),
-                                  "users": frame_fingerprint(users[list(USER_COLUMNS)]),
-                                  # what is kept out of each ranking (see _excluded), when anything is
-                                  "excluded": _excluded_fingerprint(users, eval_cfg),
-                                  "titles": fingerprint(sorted([str(k), v] for k, v in titles.items())),
-                                  "eval": eval_cfg.result_settings(), "max_new_tokens": max_new,
-                                  # generation and grounding differ in the low bits between fp32 and bf16 runs
-                                  "precision": [str(loaded.weights_dtype), str(loaded.autocast_dtype)]},
-                                 "evaluation"))
+    parts = {"model": loaded.fingerprint, "adapter": _adapter_fingerprint(adapter_dir),
+             "users": frame_fingerprint(users[list(USER_COLUMNS)]),
+             "titles": fingerprint(sorted([str(k), v] for k, v in titles.items())),
+             "eval": eval_cfg.result_settings(), "max_new_tokens": max_new,
+             # generation and grounding differ in the low bits between fp32 and bf16 runs
+             "precision": [str(loaded.weights_dtype), str(loaded.autocast_dtype)]}
+    excluded = _excluded_fingerprint(users, eval_cfg)
+    if excluded is not None:  # only then: evaluations that exclude nothing keep their earlier fingerprint
+        parts["excluded"] = excluded
+    return fingerprint(with_code(parts, "evaluation"))
 
 
 def _cached(out_dir: Path, fp: str, overwrite: bool) -> EvalResult | None:
