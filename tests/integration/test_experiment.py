@@ -51,6 +51,21 @@ def test_table_recomputable_from_per_user_results(experiment):
         assert np.isclose(row["ndcg@10"], np.mean([r["metrics"]["ndcg@10"] for r in runs]))
 
 
+def test_the_verdict_compares_with_full_at_a_cost_recomputable_from_the_ledger(experiment):
+    results = json.loads((experiment / "results.json").read_text())
+    rows = {r["arm"]: r for r in results["summary"]}
+    runs = {r["arm"]: r for r in results["runs"]}
+    dealrec = rows["dealrec"]
+    scoring = sum(results["shared_stages"][s]["wall_s"] for s in ("surrogate", "influence", "effort"))
+    pipeline_s = scoring + runs["dealrec"]["selection"]["wall_s"] + runs["dealrec"]["train"]["wall_s"]
+    assert np.isclose(dealrec["fraction_of_full"], pipeline_s / runs["full"]["train"]["wall_s"], rtol=1e-3)
+    verdict = (experiment / "results.md").read_text().split("## Verdict", 1)[1].split("\n## ", 1)[0]
+    line = next(x for x in verdict.splitlines() if x.startswith("- budget 6: dealrec"))
+    assert f"full {rows['full']['ndcg@10']:.4f}" in line
+    assert f"pruning + training cost {100 * dealrec['fraction_of_full']:.1f}% of the full arm's" in line
+    assert "different machines" not in line  # one machine measured everything
+
+
 def test_resume_recomputes_nothing(experiment):
     records = {p: p.stat().st_mtime_ns for p in experiment.glob("arms/*/record.json")}
     stages = {p: p.stat().st_mtime_ns for p in (experiment / "stages").iterdir()}
