@@ -589,6 +589,10 @@ def validate(cfg: DeftConfig, *, file: str | Path | None = None) -> DeftConfig:
     return cfg
 
 
+# Keys a config may spell as users would (``lambda``) for the field Python cannot name so (``lambda_``).
+KEY_ALIASES = {"lambda": "lambda_"}
+
+
 def from_dict(raw: dict[str, Any] | None, *, file: str | Path | None = None) -> DeftConfig:
     """Build a config from nested dicts; unknown sections and keys are problems, reported together."""
     raw = raw or {}
@@ -608,9 +612,8 @@ def from_dict(raw: dict[str, Any] | None, *, file: str | Path | None = None) -> 
             problems.append(f"section `{name}` must be a mapping, got {body!r}")
             continue
         keys = {f.name for f in dataclasses.fields(cls())}
-        aliases = {"lambda": "lambda_"}
-        body = {aliases.get(k, k): v for k, v in body.items()}
-        unknown = sorted(set(body) - keys)
+        body = {KEY_ALIASES.get(k, k): v for k, v in body.items()}
+        unknown = sorted(set(body) - keys, key=str)  # YAML keys need not all be text: `1: 2` is an int key
         problems.extend(f"unknown key `{name}.{k}` (known: {', '.join(sorted(keys))})" for k in unknown)
         sections[name] = cls(**_coerce(cls, {k: v for k, v in body.items() if k in keys}))
     cfg = DeftConfig(**sections)
@@ -651,12 +654,19 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> De
         raise _blame_overrides(exc, list(overrides or {}), path) from None
 
 
+def _override_tags(dotted: str) -> list[str]:
+    """How a problem names a command-line ``section.key``: by the key's canonical name, or by its section
+    when the section is unknown."""
+    section, key = dotted.split(".", 1)
+    return [f"`{section}.{KEY_ALIASES.get(key, key)}`", f"`{dotted}`", f"unknown section `{section}`"]
+
+
 def _blame_overrides(exc: ConfigError, dotted: list[str], path: Path) -> ConfigError:
     """Problems with values given on the command line say so, and the file is named only if it is to blame,
     so that nobody searches a YAML file for a value it does not hold."""
     problems, from_file = [], False
     for problem in exc.problems:
-        tag = next((f"`{d}`" for d in dotted if f"`{d}`" in problem), None)
+        tag = next((t for d in dotted for t in _override_tags(d) if t in problem), None)
         if tag is None:
             from_file = True
             problems.append(problem)

@@ -155,6 +155,26 @@ def test_a_bad_value_from_the_command_line_is_not_blamed_on_the_file(tmp_path):
     assert "`selection.budgets` (from the command line)" in str(info.value)
 
 
+def test_an_aliased_key_or_unknown_section_from_the_command_line_is_not_blamed_on_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("selection:\n  lambda: 0.5\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {"selection.lambda": -1})  # checked as selection.lambda_
+    assert str(info.value).startswith("`selection.lambda_` (from the command line) must be >= 0.0")
+    assert info.value.file is None
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {"trainin.epochs": 3})
+    assert str(info.value).startswith("unknown section `trainin` (from the command line)")
+    assert info.value.file is None
+
+
+def test_unknown_keys_of_mixed_types_are_listed_not_a_traceback(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  1: 2\n  foo: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown key `data.1`.*unknown key `data.foo`"):
+        load_config(path)
+
+
 def test_infinite_numbers_and_impossible_history_bounds_are_refused(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("training:\n  lr: .inf\nselection:\n  lambda_: .nan\nsamples:\n  min_history: 5\n"
