@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from deft.errors import ArtifactMismatchError, OutputExistsError
+from deft.errors import ArtifactMismatchError, DataFormatError, OutputExistsError
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,16 @@ def write_parquet(path: str | Path, frame: pd.DataFrame) -> None:
 
 def read_parquet(path: str | Path) -> pd.DataFrame:
     return pd.read_parquet(path)
+
+
+def read_user_parquet(path: str | Path) -> pd.DataFrame:
+    """A Parquet file a user named: one that is not readable Parquet is an error naming it, not a traceback."""
+    import pyarrow as pa
+
+    try:
+        return pd.read_parquet(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataFormatError(f"not a readable Parquet file: {exc}", file=path) from exc
 
 
 def json_line(record: dict[str, Any]) -> str:

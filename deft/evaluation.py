@@ -37,6 +37,7 @@ from deft.artifacts import (
     read_json,
     read_npy,
     read_parquet,
+    read_user_parquet,
     with_code,
     write_json,
     write_npy,
@@ -145,9 +146,11 @@ def per_user_results(path: str | Path) -> tuple[Path, pd.DataFrame]:
     candidates = [path] if path.suffix == ".parquet" else [path / "per_user.parquet", path / "eval" / "per_user.parquet"]
     for candidate in candidates:
         if candidate.is_file():
-            frame = read_parquet(candidate)
+            frame = read_user_parquet(candidate)
             if "user" not in frame.columns:
                 raise DataFormatError("per-user results lack the 'user' column", file=candidate, field="user")
+            if frame.empty:  # a bootstrap over no users has nothing to resample
+                raise DataFormatError("per-user results hold no users", file=candidate)
             dup = frame["user"][frame["user"].duplicated()]
             if len(dup):
                 raise DataFormatError(f"user {dup.iloc[0]!r} appears more than once", file=candidate, field="user")

@@ -23,6 +23,7 @@ from deft.artifacts import (
     frame_fingerprint,
     json_line,
     read_parquet,
+    read_user_parquet,
     with_code,
     write_jsonl,
     write_parquet,
@@ -643,15 +644,6 @@ def _check_sample_fields(frame: pd.DataFrame, path: Path | None, lines: list[int
             raise _row_error(f"{ids.iloc[row]!r} repeats the id of {where}", row, "sample_id", path, lines)
 
 
-def _read_samples_parquet(path: Path) -> pd.DataFrame:
-    import pyarrow as pa
-
-    try:
-        return read_parquet(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise DeftError(f"not a readable Parquet file: {exc}", file=path) from exc
-
-
 def _read_samples_jsonl(path: Path) -> tuple[pd.DataFrame, list[int]]:
     """The records and the file line of each (blank lines are skipped, not counted as records)."""
     import json
@@ -696,7 +688,7 @@ def load_samples_file(path: str | Path) -> pd.DataFrame:
         raise DeftError(f"unsupported samples file type {path.suffix or '(none)'!r}: use JSON lines (.jsonl) or "
                         "Parquet (.parquet) with columns instruction, input, output", file=path)
     if path.suffix == ".parquet":
-        frame = _read_samples_parquet(path)
+        frame = read_user_parquet(path)
         lines = None
     else:
         frame, lines = _read_samples_jsonl(path)

@@ -132,6 +132,12 @@ def test_compare_refuses_different_users_missing_metrics_and_missing_files(tmp_p
     with pytest.raises(DataFormatError, match=r"per_user\.parquet: field 'ndcg@10': row 2 \(user 'u2'\): ndcg@10 is "
                                               r"nan, not a number"):
         compare_evaluations(run_a, tmp_path / "nan")
+    (tmp_path / "junk.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(DataFormatError, match=r"junk\.parquet: not a readable Parquet file"):
+        compare_evaluations(tmp_path / "junk.parquet", run_a)
+    _per_user(tmp_path / "none", [], [])
+    with pytest.raises(DataFormatError, match="per-user results hold no users"):
+        compare_evaluations(tmp_path / "none", tmp_path / "none")
 
 
 # ----------------------------------------------------------------------------------------------- grounding
