@@ -77,7 +77,8 @@ def app(ctx: click.Context, quiet: bool, debug: bool) -> None:
       deft prune ml-100k --construction last_per_user --budget 128 --out runs/p
                                                     scores -> coreset.jsonl + report.md (~10 min on 2 cores)
       deft train --samples runs/p/coreset.jsonl --valid runs/p/valid.jsonl --out runs/t   LoRA fine-tuning
-      deft evaluate ml-100k --adapter runs/t/adapter --out runs/e
+      deft evaluate ml-100k --construction last_per_user --adapter runs/t/adapter --out runs/e
+                                                    Recall/NDCG of an adapter, prompts built as it was trained
       deft compare runs/e runs/e0                   paired bootstrap of two evaluations
       deft run configs/bench/tiny.yaml --out runs/x arms x budgets x seeds -> results.md
       deft bench ml100k-cpu                         a named benchmark tier
@@ -172,15 +173,17 @@ def validate(config_path: str) -> None:
     from deft.models import check_model_name
 
     cfg = load_config(config_path)
-    problems = []
+    problems, found = [], []
     for check, arg in ((resolve_source, cfg.data), (check_model_name, cfg.model.name)):
         try:
-            check(arg)
+            found.append(check(arg))
         except DeftError as exc:
             problems.append(str(exc))
     if problems:
         raise ConfigError(problems, file=config_path)
-    click.echo(f"{config_path}: ok (data source and model found)")
+    model = ("model found" if found[1] != "hub id" else
+             f"model {cfg.model.name!r} taken as a hub id, not checked offline")
+    click.echo(f"{config_path}: ok (data source found; {model})")
 
 
 # ----------------------------------------------------------------------------------------------- prune / score

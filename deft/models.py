@@ -187,13 +187,17 @@ def _prepare(model: nn.Module, tokenizer: Any) -> None:
     model.eval()
 
 
-def check_model_name(name: str) -> None:
+def check_model_name(name: str) -> str:
     """What can be checked of ``model.name`` without loading it: a built-in's package is installed, a path
-    exists, a bare name is not a typo of a built-in. Raises MissingAssetError / ModelLoadError."""
+    exists, a bare name is not a typo of a built-in. Raises MissingAssetError / ModelLoadError; else says
+    what it found ("built-in", "local directory", or "hub id", which cannot be checked offline)."""
     if name == SMOLLM2:
         smollm2_gguf_path()
-    elif name != TINY_LLAMA:
-        _check_name(name)
+        return "built-in"
+    if name == TINY_LLAMA:
+        return "built-in"
+    _check_name(name)
+    return "local directory" if Path(name).expanduser().exists() else "hub id"
 
 
 def _check_name(name: str) -> None:

@@ -42,7 +42,15 @@ def test_validate_reports_every_problem(tmp_path):
 
 def test_validate_ok():
     result = invoke("validate", str(ROOT / "configs" / "demo.yaml"))
-    assert result.exit_code == 0 and result.output.strip().endswith(": ok (data source and model found)")
+    assert result.exit_code == 0 and result.output.strip().endswith(": ok (data source found; model found)")
+
+
+def test_validate_does_not_claim_to_have_found_a_hub_model(tmp_path):
+    config = tmp_path / "hub.yaml"
+    config.write_text(f"data:\n  source: {ROOT / 'data_samples' / 'tiny-recbole'}\nmodel:\n  name: someorg/somemodel\n")
+    result = invoke("validate", str(config))
+    assert result.exit_code == 0
+    assert result.output.strip().endswith("model 'someorg/somemodel' taken as a hub id, not checked offline)")
 
 
 def test_validate_looks_for_the_data_and_the_model(tmp_path):
