@@ -33,7 +33,7 @@ class PruneOutput:
 
 def prune(
     data: Any,
-    budget: int | str | list[int | str],
+    budget: int | str | list[int | str] | tuple[int | str, ...],
     *,
     method: str | None = None,
     out: str | Path | None = None,
@@ -59,10 +59,10 @@ def prune(
         data = os.fspath(data)  # a source path, as the string would be
     cfg = _resolve_config(config, method=method, model=model, seed=seed, lambda_=lambda_, strata=strata,
                           hard_prune=hard_prune, budget=budget, source=data if isinstance(data, str) else None)
+    samples = _as_frame(data)  # before the temporary directory: a refused input must leave nothing behind
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="deft-prune-"))
     from deft.pipeline import run_prune
 
-    samples = _as_frame(data)
     result = run_prune(cfg, out, overwrite=overwrite, progress=progress, samples=samples)
     # The pool keeps the input's row order, so a selection's indices are rows of the input itself.
     source = result.pool.samples if samples is None else data
@@ -78,7 +78,7 @@ def _resolve_config(config, *, method, model, seed, lambda_, strata, hard_prune,
         raw = to_dict(load_config(config))
     else:
         raw = {}
-    budgets = budget if isinstance(budget, list) else [budget]
+    budgets = list(budget) if isinstance(budget, list | tuple) else [budget]
     overrides = {"selection.method": method, "selection.budgets": budgets, "selection.seed": seed,
                  "selection.lambda_": lambda_, "selection.strata": strata, "selection.hard_prune": hard_prune,
                  "model.name": model, "data.source": source}

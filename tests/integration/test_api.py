@@ -1,5 +1,6 @@
 """deft.prune as a pipeline step: the coreset comes back in the input's type with its fields unchanged."""
 
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -54,9 +55,11 @@ def test_surrogate_scores_need_recommendation_columns(tmp_path):
         deft.prune(frame, budget=2, method="dealrec", config=CONFIG, out=tmp_path / "x", progress=False)
 
 
-def test_wrong_input_type():
+def test_wrong_input_type(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with pytest.raises(DeftError, match="datasets.Dataset, a pandas DataFrame or a source name"):
         deft.prune(42, budget=2)
+    assert not list(tmp_path.iterdir())  # no temporary run directory left behind
 
 
 def test_user_sequences_rebuilt_from_windows(pool):
@@ -161,3 +164,14 @@ def test_a_mistyped_score_is_named_before_the_pool_is_scored(tmp_path):
     cfg = load_config(CONFIG)
     with pytest.raises(DeftError, match=r"unknown score \['influense'\]"):
         run_scores(cfg, tmp_path / "s", ["influense"], progress=False)
+
+
+def test_a_tuple_of_budgets_is_a_sweep_like_a_list():
+    from deft.api import _resolve_config
+
+    def budgets(budget):
+        return _resolve_config(CONFIG, method=None, model=None, seed=None, lambda_=None, strata=None,
+                               hard_prune=None, budget=budget, source=None).selection.budgets
+
+    assert budgets((3, "20%")) == budgets([3, "20%"]) == [3, "20%"]
+    assert budgets(3) == [3]
