@@ -451,8 +451,8 @@ def summarise(records: list[dict[str, Any]], cfg: DeftConfig, stage_costs: dict[
                "fraction_of_full": None if not full_train or missing else round(float(pipeline_s / full_train), 4),
                "missing_stage_costs": missing,
                # a fraction whose times come from different CPUs is not like for like: the report marks it
-               "fraction_machines": _fraction_machines([records[i] for i in group["record"]], stages, stage_costs, full_machines)
-               if arm != "full" and full_train else []}
+               "fraction_machines": [] if arm == "full" or not full_train else
+               _fraction_machines([records[i] for i in group["record"]], stages, stage_costs, full_machines)}
         for metric in [c for c in frame.columns if "@" in c]:
             row[metric] = float(group[metric].mean())
             # sample std (ddof 1): with 3 seeds the population std would understate the spread by ~18%

@@ -808,7 +808,7 @@ def _check_finite(scores: pd.DataFrame, columns: dict[str, np.ndarray]) -> None:
     for name, values in columns.items():
         bad = ~np.isfinite(values)
         if bad.any():
-            first = scores["sample_id"].iloc[int(np.argmax(bad))] if "sample_id" in scores else int(np.argmax(bad))
+            first = scores["sample_id"].iloc[int(np.argmax(bad))]  # Pipeline.score always returns sample_id
             raise DeftError(f"score '{name}' is NaN or infinite for {int(bad.sum())} of {len(values)} samples, "
                             f"first sample_id {first!r}; selection cannot rank such a sample", field=name)
 

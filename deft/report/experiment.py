@@ -159,8 +159,9 @@ def verdict(summary: list[dict[str, Any]], comparisons: list[dict[str, Any]], me
             parts.append(_against(row, full, "full", ci("full"), metric))
         if row.get("fraction_of_full") is not None:
             mixed = row.get("fraction_machines")
+            where = f" (times from different machines: {', '.join(mixed)})" if mixed else ""
             parts.append(f"pruning + training cost {100 * row['fraction_of_full']:.1f}% of the full arm's "
-                         "fine-tuning time" + (f" (times from different machines: {', '.join(mixed)})" if mixed else ""))
+                         f"fine-tuning time{where}")
         others = [r for (a, b), r in rows.items() if b == budget and a not in ("dealrec", "random", "full")]
         if others:
             best = max(others, key=lambda r: r[metric])
