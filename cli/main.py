@@ -39,6 +39,19 @@ class DeftGroup(click.Group):
                 raise
             click.echo(f"error: {exc}", err=True)
             ctx.exit(1)
+        except (MemoryError, RuntimeError) as exc:  # torch's OutOfMemoryError is a RuntimeError
+            if (ctx.obj or {}).get("debug") or not _out_of_memory(exc):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            click.echo(f"error: out of memory ({first}); lower the batch size of the stage that ran out "
+                       "(effort.batch_size, training.batch_size, evaluation.batch_size) or drop very long samples; "
+                       "finished stages are kept (--debug for the traceback)", err=True)
+            ctx.exit(1)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate memory" in text
 
 
 def _late_flag(ctx: click.Context, param: click.Parameter, value: bool) -> None:

@@ -43,7 +43,15 @@ from deft.artifacts import (
     write_json,
 )
 from deft.config import LoraConfig, TrainingConfig, to_dict
-from deft.data.encoding import IGNORE_INDEX, Encoded, encode_pair, length_sorted_batches, pad_batch
+from deft.data.encoding import (
+    IGNORE_INDEX,
+    Encoded,
+    check_context,
+    context_limit,
+    encode_pair,
+    length_sorted_batches,
+    pad_batch,
+)
 from deft.data.prompts import render_prompt
 from deft.errors import ArtifactMismatchError, DataFormatError, OutputExistsError, TrainingDivergedError
 
@@ -76,13 +84,18 @@ class TrainResult:
 # ----------------------------------------------------------------------------------------------- data
 
 
-def encode_frame(tokenizer, frame: pd.DataFrame, loss_on: str = "response") -> list[Encoded]:
-    """Prompt + response + EOS token ids of every row, labels masked per ``loss_on``."""
+def encode_frame(tokenizer, frame: pd.DataFrame, loss_on: str = "response",
+                 limit: int | None = None) -> list[Encoded]:
+    """Prompt + response + EOS token ids of every row, labels masked per ``loss_on``; a row longer than
+    ``limit`` tokens (the model's context) is an error naming its sample_id (its position without one)."""
     missing = [c for c in FRAME_COLUMNS if c not in frame.columns]
     if missing:
         raise DataFormatError(f"training samples lack columns {missing} (need {list(FRAME_COLUMNS)})")
-    return [encode_pair(tokenizer, render_prompt(i, x), str(o), loss_on)
-            for i, x, o in zip(frame["instruction"], frame["input"], frame["output"], strict=True)]
+    encoded = [encode_pair(tokenizer, render_prompt(i, x), str(o), loss_on)
+               for i, x, o in zip(frame["instruction"], frame["input"], frame["output"], strict=True)]
+    ids = frame["sample_id"].tolist() if "sample_id" in frame.columns else list(range(len(frame)))
+    check_context(encoded, ids, limit)
+    return encoded
 
 
 def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -353,8 +366,8 @@ def train_lora(loaded: LoadedModel, train: pd.DataFrame, valid: pd.DataFrame | N
     if resume_from is None:
         write_json(out_dir / STARTED, {"fingerprint": fp})
 
-    tok = loaded.tokenizer
-    encoded = encode_frame(tok, train, cfg.loss_on)
+    tok, limit = loaded.tokenizer, context_limit(loaded.model)
+    encoded = encode_frame(tok, train, cfg.loss_on, limit)
     lengths = [len(e.input_ids) for e in encoded]
     targets = [_target_count(e) for e in encoded]
     valid_encoded = None
@@ -362,7 +375,7 @@ def train_lora(loaded: LoadedModel, train: pd.DataFrame, valid: pd.DataFrame | N
         rows = np.arange(len(valid))
         if len(valid) > cfg.valid_samples:
             rows = np.sort(np.random.default_rng(cfg.seed).choice(len(valid), cfg.valid_samples, replace=False))
-        valid_encoded = encode_frame(tok, valid.iloc[rows], cfg.loss_on)
+        valid_encoded = encode_frame(tok, valid.iloc[rows], cfg.loss_on, limit)
 
     n_batches = math.ceil(len(encoded) / cfg.batch_size)
     steps_per_epoch = math.ceil(n_batches / cfg.grad_accum)

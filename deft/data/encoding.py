@@ -7,9 +7,13 @@ token is a target.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+from deft.errors import DataFormatError
 
 IGNORE_INDEX = -100
 
@@ -34,6 +38,28 @@ def encode_pair(tokenizer, prompt: str, response: str, loss_on: str = "response"
 
 def encode_pairs(tokenizer, prompts: list[str], responses: list[str], loss_on: str = "response") -> list[Encoded]:
     return [encode_pair(tokenizer, p, r, loss_on) for p, r in zip(prompts, responses, strict=True)]
+
+
+def context_limit(model: Any) -> int | None:
+    """The longest sequence the model's positions cover (``max_position_embeddings``; None if its config
+    does not say)."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return limit if isinstance(limit, int) and limit > 0 else None
+
+
+def check_context(encoded: list[Encoded], sample_ids: Sequence[Any], limit: int | None) -> None:
+    """Refuse samples longer than the model's context before any work on them. Past it, learned positions
+    fail with an index error and rotary ones degrade silently; and one such sample in a batch of ordinary
+    ones costs memory with the square of its length (a 24,000-token row asked for 38 GB)."""
+    if limit is None:
+        return
+    over = [i for i, e in enumerate(encoded) if len(e.input_ids) > limit]
+    if over:
+        first = over[0]
+        raise DataFormatError(
+            f"{len(over)} of {len(encoded)} samples are longer than the model's context of {limit} tokens "
+            f"(max_position_embeddings): sample_id {sample_ids[first]!r} has {len(encoded[first].input_ids)} "
+            "tokens with its prompt template and EOS; shorten or drop such samples")
 
 
 def pad_batch(items: list[Encoded], pad_id: int, side: str = "right") -> dict[str, torch.Tensor]:

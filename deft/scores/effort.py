@@ -45,7 +45,15 @@ from tqdm import tqdm
 
 from deft.artifacts import fingerprint, frame_fingerprint, read_json, read_parquet, write_json, write_parquet
 from deft.config import EffortConfig, LoraConfig
-from deft.data.encoding import IGNORE_INDEX, Encoded, encode_pairs, length_sorted_batches, pad_batch
+from deft.data.encoding import (
+    IGNORE_INDEX,
+    Encoded,
+    check_context,
+    context_limit,
+    encode_pairs,
+    length_sorted_batches,
+    pad_batch,
+)
 from deft.data.prompts import render_prompt
 from deft.errors import ArtifactMismatchError, DataFormatError, ModelLoadError
 from deft.models import LoadedModel, attach_lora, detach_lora
@@ -191,14 +199,16 @@ def _check_samples(samples: pd.DataFrame) -> None:
 
 
 def encode_samples(tokenizer: Any, samples: pd.DataFrame, loss_on: str = "response",
-                   with_input: bool = True) -> Pairs:
+                   with_input: bool = True, limit: int | None = None) -> Pairs:
     """(encodings whose labels define ℓ, encodings with response-only labels) for each sample, in order.
 
-    ``with_input=False`` renders the prompt with an empty input, for the ifd denominator.
+    ``with_input=False`` renders the prompt with an empty input, for the ifd denominator. A sample longer
+    than ``limit`` tokens (the model's context) is an error.
     """
     inputs = samples["input"].fillna("").astype(str) if with_input else [""] * len(samples)
     prompts = [render_prompt(str(i), x) for i, x in zip(samples["instruction"], inputs, strict=True)]
     response = encode_pairs(tokenizer, prompts, [str(o) for o in samples["output"]], "response")
+    check_context(response, samples["sample_id"].tolist(), limit)
     if loss_on == "response":
         return response, response
     return [Encoded(e.input_ids, list(e.input_ids)) for e in response], response
@@ -312,7 +322,7 @@ def compute_effort(loaded: LoadedModel, samples: pd.DataFrame, lora_cfg: LoraCon
     says how many shards were resumed and the seconds they took in earlier runs (``earlier_wall_s``).
     """
     _check_samples(samples)
-    encoded = encode_samples(loaded.tokenizer, samples, effort_cfg.loss_on)
+    encoded = encode_samples(loaded.tokenizer, samples, effort_cfg.loss_on, limit=context_limit(loaded.model))
     ifd_encoded = encode_samples(loaded.tokenizer, samples, with_input=False) if effort_cfg.ifd else None
     shards = length_sorted_batches([len(e.input_ids) for e in encoded[0]], effort_cfg.shard_size)
     store = None
@@ -381,7 +391,7 @@ def time_forward(loaded: LoadedModel, samples: pd.DataFrame, effort_cfg: EffortC
     """
     _check_samples(samples)
     start = time.perf_counter()
-    encoded = encode_samples(loaded.tokenizer, samples, effort_cfg.loss_on)
+    encoded = encode_samples(loaded.tokenizer, samples, effort_cfg.loss_on, limit=context_limit(loaded.model))
     pad_id = loaded.tokenizer.pad_token_id
     with torch.no_grad(), loaded.autocast():
         for rows in length_sorted_batches([len(e.input_ids) for e in encoded[0]], effort_cfg.batch_size):

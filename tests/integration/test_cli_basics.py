@@ -142,3 +142,21 @@ def test_evaluate_without_a_source_reads_the_configs(tmp_path, monkeypatch):
     seen.clear()
     invoke("evaluate", "--out", str(tmp_path / "e"))
     assert seen["cfg"].data.source == "ml-100k"
+
+
+def test_running_out_of_memory_is_one_line_with_what_to_lower(tmp_path, monkeypatch):
+    import deft.pipeline
+
+    def exhausted(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 38453641216 bytes.\nmore")
+
+    monkeypatch.setattr(deft.pipeline, "run_prune", exhausted)
+    result = invoke("prune", TINY, "--budget", "3", "--out", str(tmp_path / "p"))
+    assert result.exit_code == 1
+    line = result.output.strip()
+    assert line.startswith("error: out of memory (") and "38453641216 bytes" in line and line.count("\n") == 0
+    assert "batch_size" in line
+    other = RuntimeError("a bug, not memory")
+    monkeypatch.setattr(deft.pipeline, "run_prune", lambda *a, **k: (_ for _ in ()).throw(other))
+    assert invoke("prune", TINY, "--budget", "3", "--out", str(tmp_path / "q")).exception is other

@@ -214,3 +214,14 @@ def test_bad_samples_are_data_errors(tiny, samples, change, message):
 def test_time_forward(tiny, samples):
     assert time_forward(tiny, samples, EffortConfig()) > 0
     assert time_forward(tiny, samples, EffortConfig(), full_logits=True) > 0
+
+
+def test_a_sample_beyond_the_model_context_is_refused_before_any_work(tiny, samples, tmp_path, monkeypatch):
+    # Past max_position_embeddings a model fails or degrades, and one very long row in a batch costs memory
+    # with the square of its length: name the row instead of attempting it.
+    monkeypatch.setattr(tiny.model.config, "max_position_embeddings", 400)
+    long_ones = samples.assign(output=[o if i != 3 else "x" * 500 for i, o in enumerate(samples["output"])])
+    with pytest.raises(DataFormatError, match=r"1 of 6 samples are longer than the model's context of 400 tokens.*"
+                                              r"sample_id 'u3'"):
+        compute_effort(tiny, long_ones, LoraConfig(r=2), EffortConfig(), out_dir=tmp_path)
+    assert not (tmp_path / effort.SHARD_DIR).exists()

@@ -14,7 +14,7 @@ from deft import training
 from deft.artifacts import read_json
 from deft.config import LoraConfig, ModelConfig, TrainingConfig
 from deft.data.encoding import pad_batch
-from deft.errors import ArtifactMismatchError, OutputExistsError, TrainingDivergedError
+from deft.errors import ArtifactMismatchError, DataFormatError, OutputExistsError, TrainingDivergedError
 from deft.models import load_target_llm
 from deft.training import encode_frame, epoch_batches, label_token_loss, lr_factor, mean_loss, train_lora
 
@@ -254,3 +254,12 @@ def test_a_change_of_precision_is_a_new_training(tiny_cpu32):
     fp32 = training.training_fingerprint(tiny, train, None, lora, _cfg())
     assert fp32 == training.training_fingerprint(tiny, train.copy(), None, lora, _cfg())
     assert fp32 != training.training_fingerprint(amp, train, None, lora, _cfg())
+
+
+def test_a_sample_beyond_the_model_context_is_refused(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(tiny.model.config, "max_position_embeddings", 40)
+    train = _frame(4)
+    with pytest.raises(DataFormatError, match=r"4 of 4 samples are longer than the model's context of 40 "
+                                              r"tokens \(max_position_embeddings\): sample_id 0 has \d+ tokens"):
+        train_lora(tiny, train, None, LoraConfig(r=2), _cfg(epochs=1), tmp_path / "t")
+    assert not (tmp_path / "t" / "adapter").exists()
