@@ -2,13 +2,14 @@
 
 >>> import deft
 >>> out = deft.prune(dataset, budget=256, out="runs/curated")   # a datasets.Dataset or a pandas DataFrame
->>> out.coreset      # same type as the input, the chosen rows with their fields unchanged (+ stratum)
+>>> out.coreset      # the input's type: the chosen rows as given (fields, a DataFrame's index) + stratum
 >>> out.scores       # pandas DataFrame: sample_id (a string; the row number if the input has none) + one column per score
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,17 +54,27 @@ def prune(
     surrogate-based scores), or a source name/path such as ``"ml-100k"``. The coreset comes back in the same
     type as ``data`` (a DataFrame for a source name), each chosen row exactly as given (same fields, same
     types) plus its ``stratum``. ``method`` defaults to the config's ``selection.method`` (``dealrec``).
-    ``out`` is the run directory (a temporary one if None); finished stages in it are reused.
+    ``out`` is the run directory (a temporary one if None, removed again if the run fails); finished stages
+    in it are reused. A DataFrame's coreset keeps the input's index; ``scores`` is keyed by ``sample_id``,
+    the row position (as text) where the input has no such column.
     """
     if isinstance(data, os.PathLike):
         data = os.fspath(data)  # a source path, as the string would be
     cfg = _resolve_config(config, method=method, model=model, seed=seed, lambda_=lambda_, strata=strata,
                           hard_prune=hard_prune, budget=budget, source=data if isinstance(data, str) else None)
     samples = _as_frame(data)  # before the temporary directory: a refused input must leave nothing behind
-    out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="deft-prune-"))
     from deft.pipeline import run_prune
 
-    result = run_prune(cfg, out, overwrite=overwrite, progress=progress, samples=samples)
+    if out is not None:
+        out = Path(out)
+        result = run_prune(cfg, out, overwrite=overwrite, progress=progress, samples=samples)
+    else:
+        out = Path(tempfile.mkdtemp(prefix="deft-prune-"))
+        try:
+            result = run_prune(cfg, out, overwrite=overwrite, progress=progress, samples=samples)
+        except BaseException:  # a run refused or interrupted in a directory nobody can name again is litter
+            shutil.rmtree(out, ignore_errors=True)
+            raise
     # The pool keeps the input's row order, so a selection's indices are rows of the input itself.
     source = result.pool.samples if samples is None else data
     coresets = {b: _chosen_rows(source, selection) for b, selection in result.selections.items()}
@@ -113,7 +124,7 @@ def _chosen_rows(data: Any, selection: Any) -> Any:
     """The selected rows of ``data`` in its own type, fields and feature types untouched, plus ``stratum``."""
     if _is_dataset(data):
         return data.select(selection.indices).add_column("stratum", selection.strata.tolist())
-    return data.iloc[selection.indices].reset_index(drop=True).assign(stratum=selection.strata)
+    return data.iloc[selection.indices].assign(stratum=selection.strata)  # the input's index: rows stay traceable
 
 
 def _with_ids(frame: pd.DataFrame) -> pd.DataFrame:

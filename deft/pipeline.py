@@ -392,7 +392,8 @@ def _check_budgets_fit(pool: Pool, method: str, budgets: list[int], hard_prune: 
     n = len(pool.samples)
     pruned = n - sel.capacity(method, n, hard_prune)
     why = f"the pool of {n}" + (f" minus the {pruned} that hard_prune={hard_prune:g} drops first" if pruned else "")
-    problems = [f"budget {b} exceeds the {n - pruned} samples {method} can take: {why}" for b in budgets
+    hint = "; hard_prune 0 (--hard-prune 0) selects from the whole pool" if pruned else ""
+    problems = [f"budget {b} exceeds the {n - pruned} samples {method} can take: {why}{hint}" for b in budgets
                 if b > n - pruned]
     if problems:
         raise ConfigError(problems)
@@ -731,6 +732,9 @@ def run_prune(cfg: DeftConfig, out: str | Path, *, overwrite: bool = False, prog
     method = cfg.selection.method
     names = list(method_scores(method, cfg.selection.ccs_score))
     budgets = [resolve_budget(b, len(pool.samples)) for b in cfg.selection.budgets]
+    if len(set(budgets)) != len(budgets):  # they would share one coreset file and one selection stage
+        raise ConfigError([f"budgets {list(cfg.selection.budgets)!r} give the sample counts {budgets} for a pool "
+                           f"of {len(pool.samples)}: one count twice"])
     pipe.check_plan(pool, names, method, budgets)
     scores = pipe.score(pool, names)
     selections = pipe.select(pool, scores, method, budgets)

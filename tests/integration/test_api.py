@@ -175,3 +175,30 @@ def test_a_tuple_of_budgets_is_a_sweep_like_a_list():
 
     assert budgets((3, "20%")) == budgets([3, "20%"]) == [3, "20%"]
     assert budgets(3) == [3]
+
+
+def test_a_failed_run_in_a_temporary_directory_leaves_nothing_behind(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    frame = pd.DataFrame({"instruction": ["Say a colour."] * 4, "input": [""] * 4,
+                          "output": ["red", "green", "blue", "cyan"]})
+    with pytest.raises(DeftError, match="budget 9 exceeds"):  # refused after the pool is written
+        deft.prune(frame, budget=9, method="random", config=CONFIG, progress=False)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_dataframe_coreset_keeps_the_input_index(tmp_path):
+    frame = pd.DataFrame({"instruction": ["Say a colour."] * 6, "input": [str(i) for i in range(6)],
+                          "output": ["red", "green", "blue", "cyan", "magenta", "yellow"]},
+                         index=[105, 101, 104, 100, 103, 102])
+    out = deft.prune(frame, budget=3, method="random", config=CONFIG, out=tmp_path / "idx", progress=False)
+    assert set(out.coreset.index) <= set(frame.index) and len(out.coreset) == 3
+    pd.testing.assert_frame_equal(out.coreset.drop(columns="stratum"), frame.loc[out.coreset.index])
+    chosen = out.selections[3].indices  # positions, as in out.scores' sample_id
+    assert list(out.coreset.index) == list(frame.index[chosen])
+
+
+def test_two_budgets_of_the_same_count_are_refused(tmp_path):
+    frame = pd.DataFrame({"instruction": ["Say a colour."] * 20, "input": [str(i) for i in range(20)],
+                          "output": ["red", "green", "blue", "cyan"] * 5})
+    with pytest.raises(DeftError, match=r"give the sample counts \[4, 4\] for a pool of 20: one count twice"):
+        deft.prune(frame, budget=[4, "20%"], method="random", config=CONFIG, out=tmp_path / "d", progress=False)
