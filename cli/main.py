@@ -233,7 +233,8 @@ def _samples_or_source(source: str | None, samples_path: str | None, fmt, items,
     given = [f"--{key.split('.')[1].replace('_', '-')}" for key, v in overrides.items() if v is not None
              and key != "data.source"]
     if given:
-        raise click.UsageError(f"{', '.join(given)} shape the samples built from SOURCE; --samples gives them ready")
+        raise click.UsageError(f"{', '.join(given)} {'shapes' if len(given) == 1 else 'shape'} the samples built "
+                               "from SOURCE; --samples gives them ready")
     from deft.pipeline import load_samples_file
 
     return load_samples_file(samples_path), {}
@@ -275,7 +276,8 @@ def score(ctx, source, config_path, fmt, items, split, construction, max_history
     overrides.update({"model.name": model, "model.device": device})
     cfg = _config(config_path, overrides)
     names = [s.strip() for s in score_names.split(",") if s.strip()]
-    path = run_scores(cfg, out, names, overwrite=overwrite, progress=not ctx.obj["quiet"], samples=samples)
+    path = run_scores(cfg, out, names, overwrite=overwrite, progress=not ctx.obj["quiet"], samples=samples,
+                      samples_file=samples_path)
     click.echo(f"scores: {path}")
 
 

@@ -708,15 +708,17 @@ def load_samples_file(path: str | Path) -> pd.DataFrame:
 
 
 def run_scores(cfg: DeftConfig, out: str | Path, names: list[str], *, overwrite: bool = False,
-               progress: bool = True, samples: pd.DataFrame | None = None) -> Path:
-    """Scores of the pool built from ``cfg.data`` (or of ``samples``, a table of samples) into scores.parquet."""
+               progress: bool = True, samples: pd.DataFrame | None = None,
+               samples_file: str | Path | None = None) -> Path:
+    """Scores of the pool built from ``cfg.data`` (or of ``samples``, a table of samples read from
+    ``samples_file`` if given) into scores.parquet."""
     check_score_names(names)  # before the pool is built: a typo should not cost a pass over the data
     pipe = Pipeline(cfg, out, overwrite=overwrite, progress=progress)
     pool = pipe.pool_from_source() if samples is None else pipe.pool_from_frame(samples)
     pipe.check_plan(pool, names, "random", [])
     pipe.score(pool, names)
-    pipe.run.write_manifest(config=to_dict(cfg), data_fingerprint=pool.data_fingerprint,
-                            counts={"pool": len(pool.samples)})
+    pipe.run.write_manifest(config=to_dict(cfg), input=input_record(cfg, samples, samples_file),
+                            data_fingerprint=pool.data_fingerprint, counts={"pool": len(pool.samples)})
     return pipe.run.path("scores.parquet")
 
 
@@ -755,7 +757,7 @@ def run_prune(cfg: DeftConfig, out: str | Path, *, overwrite: bool = False, prog
     from deft.report import write_prune_report
 
     manifest = pipe.run.write_manifest(
-        config=to_dict(cfg), seeds={"selection": cfg.selection.seed, "surrogate": cfg.surrogate.seed},
+        config=to_dict(cfg), input=input_record(cfg, samples, samples_file), seeds={"selection": cfg.selection.seed, "surrogate": cfg.surrogate.seed},
         data_fingerprint=pool.data_fingerprint, samples_fingerprint=pool.fingerprint,
         counts={"pool": len(pool.samples),
                 "coreset": {str(b): int(len(s.indices)) for b, s in selections.items()},
@@ -766,6 +768,16 @@ def run_prune(cfg: DeftConfig, out: str | Path, *, overwrite: bool = False, prog
     surrogate_report = pipe.surrogate(pool)[2] if pipe._surrogate is not None else None
     report = write_prune_report(pipe.run.root, pool.samples, scores, selections, manifest, surrogate_report)
     return PruneResult(coresets, report, selections, scores, pool, valid)
+
+
+def input_record(cfg: DeftConfig, samples: pd.DataFrame | None, samples_file: str | Path | None) -> dict[str, Any]:
+    """Where the pool came from, for the manifest and the report: a table's file (with its hash) or the data
+    source. A table's run leaves ``data`` and ``samples`` settings at their defaults, which name no input."""
+    if samples is None:
+        return {"source": cfg.data.source}
+    if samples_file is None:
+        return {"samples": "a table given in Python", "rows": len(samples)}
+    return {"samples_file": str(samples_file), "sha256": file_sha256(samples_file), "rows": len(samples)}
 
 
 def _guard_coreset(run: RunDir, path: Path, stage: str, fp: str) -> None:

@@ -277,7 +277,8 @@ def write_prune_report(root: str | Path, samples: pd.DataFrame, scores: pd.DataF
     if costs:
         images["costs"] = plot_stage_costs(costs, root / "stage_costs.png")
     text = prune_report_markdown(f"DEFT coreset: {method}, {budget} of {len(samples)} samples", selection,
-                                 config=_prune_settings(manifest.get("config", {})), coverage=coverage, agreement=agreement, costs=costs,
+                                 config=_prune_settings(manifest, method), coverage=coverage, agreement=agreement,
+                                 costs=costs,
                                  images=images)
     extra = []
     if len(selections) > 1:
@@ -293,10 +294,22 @@ def write_prune_report(root: str | Path, samples: pd.DataFrame, scores: pd.DataF
     return path
 
 
-def _prune_settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The sections that shape a coreset, without unset values (the manifest keeps everything)."""
-    keep = ("data", "samples", "prompt", "model", "surrogate", "influence", "effort", "selection")
-    return {k: {f: v for f, v in config[k].items() if v is not None} for k in keep if k in config}
+def _prune_settings(manifest: Mapping[str, Any], method: str) -> dict[str, Any]:
+    """Where the samples came from, then the settings sections this method's coreset depends on, without unset
+    values (the manifest keeps everything). A table of samples was not built from ``data``, ``samples`` and
+    ``prompt``: their defaults would name a source (ml-100k) the run never read."""
+    from deft.pipeline import method_stages
+
+    config, given = manifest.get("config", {}), manifest.get("input", {})
+    stages = set(method_stages(method, ccs_score=config.get("selection", {}).get("ccs_score", "el2n")))
+    keep = [] if "samples_file" in given or "samples" in given else ["data", "samples", "prompt"]
+    keep += ["model", "lora", "effort"] if "effort" in stages else []
+    keep += ["surrogate"] if stages & {"surrogate", "baselines"} else []
+    keep += ["baselines"] if "baselines" in stages else []
+    keep += ["influence"] if "influence" in stages else []
+    keep.append("selection")
+    settings = {"input": dict(given)} if given else {}
+    return settings | {k: {f: v for f, v in config[k].items() if v is not None} for k in keep if k in config}
 
 
 def _surrogate_metrics(report: Any) -> list[tuple[str, dict[str, float]]]:

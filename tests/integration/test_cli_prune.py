@@ -1,5 +1,6 @@
 """`deft prune` end to end on tiny data with the tiny model, through click's CliRunner."""
 
+import hashlib
 import json
 import re
 import time
@@ -37,6 +38,9 @@ def test_files_present(pruned):
     assert "coreset (6 samples)" in result.output and "report.md" in result.output
     assert list(out.glob("*.png")), "the report has plots"
     assert f"--valid): {out / 'valid.jsonl'}" in result.output
+    report = (out / "report.md").read_text()  # dealrec on a source: where the data came from, every stage's settings
+    assert f"| input.source | {TINY} |" in report and f"| data.source | {TINY} |" in report
+    assert all(f"| {section}." in report for section in ("samples", "surrogate", "influence", "effort", "selection"))
 
 
 def test_validation_samples_are_one_held_out_item_per_user(pruned):
@@ -370,6 +374,13 @@ def test_prune_and_score_a_file_of_instruction_samples(tmp_path):
     given = {json.loads(line)["sample_id"]: json.loads(line) for line in path.read_text().splitlines()}
     assert len(coreset) == 4 and all({k: c[k] for k in given[c["sample_id"]]} == given[c["sample_id"]]
                                      for c in coreset)
+    # the run names its input, not the default data source it never read
+    manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
+    assert manifest["input"] == {"samples_file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                                 "rows": 12}
+    report = (tmp_path / "p" / "report.md").read_text()
+    assert f"| input.samples_file | {path} |" in report and "effort.batch_size" in report
+    assert "data.source" not in report and "ml-100k" not in report and "influence." not in report
     result = CliRunner().invoke(app, ["--quiet", "score", "--samples", str(path), "--model", "tiny-llama",
                                       "--scores", "effort", "--out", str(tmp_path / "s")], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -382,7 +393,7 @@ def test_prune_and_score_a_file_of_instruction_samples(tmp_path):
     out = ["--out", str(tmp_path / "x")]
     for args, message in ((["prune", *out], "either SOURCE"),  # neither
                           (["prune", TINY, "--samples", str(path), *out], "either SOURCE"),  # both
-                          (["prune", "--samples", str(path), "--stride", "2", *out], "--stride shape the samples")):
+                          (["prune", "--samples", str(path), "--stride", "2", *out], "--stride shapes the samples")):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 2 and message in result.output, result.output
 
