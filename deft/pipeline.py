@@ -8,6 +8,7 @@ whole plan is known before any work starts: a run directory made with other sett
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -753,6 +754,7 @@ def run_prune(cfg: DeftConfig, out: str | Path, *, overwrite: bool = False, prog
                 write_jsonl(path, coreset_records(pool.samples, selection))
                 cost.extra["sha256"] = file_sha256(path)
         coresets[budget] = path
+    _drop_stale_coresets(pipe, pool, names, method, coresets)
     valid = write_validation(pipe, pool)
     from deft.report import write_prune_report
 
@@ -795,6 +797,36 @@ def _guard_coreset(run: RunDir, path: Path, stage: str, fp: str) -> None:
     raise OutputExistsError(f"{path} holds the coreset of budget {owner.removeprefix('selection-')} from an "
                             "earlier run; use --overwrite to replace it (finished scores are kept and reused) or "
                             "choose another --out", file=path)
+
+
+def _drop_stale_coresets(pipe: Pipeline, pool: Pool, names: list[str], method: str, coresets: dict[int, Path]) -> None:
+    """Coreset files that earlier runs left here with other data or settings: removed with --overwrite (with
+    their stage records), named in a warning otherwise. Left as they were, they sit beside this run's coresets
+    looking just as current. A file stays if a selection stage whose settings match the present ones wrote
+    it (a sweep's other budget, or the same coreset under its other name)."""
+    run = pipe.run
+    current, stale_records = set(coresets.values()), []
+    for record in sorted(run.path("stages").glob("selection-*.json")):
+        budget = record.stem.removeprefix("selection-")
+        if not budget.isdigit():
+            continue
+        if (run.stage_meta(record.stem) or {}).get("fingerprint") != pipe.selection_fp(pool, names, method, int(budget)):
+            stale_records.append(record)
+            continue
+        current |= {f for f in (run.path("coreset.jsonl"), run.path(f"coreset-{budget}.jsonl"))
+                    if run.owns(record.stem, f)}
+    files = [f for f in [run.path("coreset.jsonl"), *sorted(run.root.glob("coreset-*.jsonl"))]
+             if f.is_file() and f not in current and re.fullmatch(r"coreset(-\d+)?\.jsonl", f.name)]
+    if not run.overwrite:
+        if files:
+            log.warning("%s: coreset(s) of an earlier run with other data or settings (this run's are listed in "
+                        "manifest.json); --overwrite removes them", ", ".join(map(str, files)))
+        return
+    for f in files:
+        f.unlink()
+        log.info("removed %s, a coreset of an earlier run with other data or settings", f)
+    for record in stale_records:
+        record.unlink()
 
 
 def _stratum_counts(selection: Any) -> list[dict[str, int]]:

@@ -232,6 +232,36 @@ def test_a_random_coreset_follows_its_pool_and_survives_a_new_budget(tmp_path):
     pool = pd.read_parquet(out / "samples.parquet").set_index("sample_id")
     rows = [json.loads(line) for line in (out / "coreset.jsonl").read_text().splitlines()]
     assert all(row["input"] == pool.loc[row["sample_id"], "input"] for row in rows)
+    # the old pool's coresets went with it (budget 6's file stays only if it holds this run's coreset)
+    assert not (out / "coreset-5.jsonl").exists() and not (out / "stages" / "selection-5.json").exists()
+    for name in ("coreset-6.jsonl",):
+        assert not (out / name).exists() or (out / name).read_bytes() == (out / "coreset.jsonl").read_bytes()
+
+
+def test_coresets_of_other_settings_are_named_and_removed_only_with_overwrite(tmp_path):
+    out = tmp_path / "run"
+
+    def prune(*args: str):
+        result = CliRunner().invoke(app, ["--quiet", "prune", TINY, "--config", CONFIG, "--out", str(out),
+                                          "--method", "random", *args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return [line for line in result.output.splitlines() if "earlier run with other data or settings" in line]
+
+    assert prune("--budget", "6", "--budget", "5") == []
+    sweep = {name: (out / name).read_bytes() for name in ("coreset-6.jsonl", "coreset-5.jsonl")}
+    warned = prune("--budget", "4", "--seed", "1")
+    assert {name: (out / name).read_bytes() for name in sweep} == sweep  # kept, but named
+    assert len(warned) == 1 and "coreset-5.jsonl" in warned[0] and "coreset-6.jsonl" in warned[0]
+    assert "coreset.jsonl" not in warned[0].replace("coreset-", "")
+    # the sweep again with seed 1 replaces the seed-0 coresets; budget 4's coreset.jsonl has these settings: kept
+    assert prune("--budget", "6", "--budget", "5", "--seed", "1", "--overwrite") == []
+    assert sorted(p.name for p in out.glob("coreset*.jsonl")) == ["coreset-5.jsonl", "coreset-6.jsonl", "coreset.jsonl"]
+    assert {p.stem for p in (out / "stages").glob("selection-*.json")} == {"selection-4", "selection-5", "selection-6"}
+    assert (out / "coreset-6.jsonl").read_bytes() != sweep["coreset-6.jsonl"]
+    # with another seed again, --overwrite leaves only this run's coreset
+    assert prune("--budget", "6", "--seed", "2", "--overwrite") == []
+    assert [p.name for p in out.glob("coreset*.jsonl")] == ["coreset.jsonl"]
+    assert [p.stem for p in (out / "stages").glob("selection-*.json")] == ["selection-6"]
 
 
 def test_another_single_budget_does_not_replace_the_coreset_silently(tmp_path):
