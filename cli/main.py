@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -63,6 +64,9 @@ def _late_flag(ctx: click.Context, param: click.Parameter, value: bool) -> None:
 
 def _setup_logging(quiet: bool, debug: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if debug else logging.INFO)
+    if quiet:  # read when the Hugging Face libraries are imported, which commands do only after this
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bar
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     # transformers' deprecation notices about its own internals (peft calls them) are noise to a DEFT user
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",

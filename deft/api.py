@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,24 +64,47 @@ def prune(
         data = os.fspath(data)  # a source path, as the string would be
     cfg = _resolve_config(config, method=method, model=model, seed=seed, lambda_=lambda_, strata=strata,
                           hard_prune=hard_prune, budget=budget, source=data if isinstance(data, str) else None)
-    samples = _as_frame(data)  # before the temporary directory: a refused input must leave nothing behind
-    from deft.pipeline import run_prune
+    with _library_bars(progress):
+        samples = _as_frame(data)  # before the temporary directory: a refused input must leave nothing behind
+        from deft.pipeline import run_prune
 
-    if out is not None:
-        out = Path(out)
-        result = run_prune(cfg, out, overwrite=overwrite, progress=progress, samples=samples)
-    else:
-        out = Path(tempfile.mkdtemp(prefix="deft-prune-"))
-        try:
+        if out is not None:
+            out = Path(out)
             result = run_prune(cfg, out, overwrite=overwrite, progress=progress, samples=samples)
-        except BaseException:  # a run refused or interrupted in a directory nobody can name again is litter
-            shutil.rmtree(out, ignore_errors=True)
-            raise
-    # The pool keeps the input's row order, so a selection's indices are rows of the input itself.
-    source = result.pool.samples if samples is None else data
-    coresets = {b: _chosen_rows(source, selection) for b, selection in result.selections.items()}
+        else:
+            out = Path(tempfile.mkdtemp(prefix="deft-prune-"))
+            try:
+                result = run_prune(cfg, out, overwrite=overwrite, progress=progress, samples=samples)
+            except BaseException:  # a run refused or interrupted in a directory nobody can name again is litter
+                shutil.rmtree(out, ignore_errors=True)
+                raise
+        # The pool keeps the input's row order, so a selection's indices are rows of the input itself.
+        source = result.pool.samples if samples is None else data
+        coresets = {b: _chosen_rows(source, selection) for b, selection in result.selections.items()}
     first = next(iter(coresets.values()))
     return PruneOutput(first, coresets, result.scores, result.selections, out)
+
+
+@contextmanager
+def _library_bars(progress: bool) -> Iterator[None]:
+    """``progress=False`` silences the progress bars of transformers (loading weights) and datasets
+    (selecting rows) too, and puts their switches back as they were."""
+    if progress:
+        yield
+        return
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    was = datasets.is_progress_bar_enabled(), hf_logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was[0]:
+            datasets.enable_progress_bars()
+        if was[1]:
+            hf_logging.enable_progress_bar()
 
 
 def _resolve_config(config, *, method, model, seed, lambda_, strata, hard_prune, budget, source) -> DeftConfig:
@@ -128,6 +153,9 @@ def _chosen_rows(data: Any, selection: Any) -> Any:
 
 
 def _with_ids(frame: pd.DataFrame) -> pd.DataFrame:
+    from deft.pipeline import with_input
+
+    frame = with_input(frame)
     if "sample_id" not in frame.columns:
         return frame.assign(sample_id=[str(i) for i in range(len(frame))])
     return frame.assign(sample_id=frame["sample_id"].astype(str))  # a copy: the caller's frame is not touched

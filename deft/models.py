@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import platform
+import warnings
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from importlib import metadata
@@ -429,7 +430,9 @@ def attach_lora(loaded: LoadedModel, lora_cfg: LoraConfig, seed: int = 0) -> Any
     peft_cfg = PeftLoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
                               target_modules=list(lora_cfg.target_modules), bias="none", task_type="CAUSAL_LM")
     devices = [loaded.device] if loaded.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
+        # peft reads a transformers attribute transformers deprecated: a notice about their internals, not ours
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
         torch.manual_seed(seed)
         peft_model = get_peft_model(loaded.model, peft_cfg)
     return peft_model.eval()

@@ -413,11 +413,30 @@ def _data_key(cfg: Any) -> dict[str, Any]:
     return key
 
 
+def with_input(frame: pd.DataFrame) -> pd.DataFrame:
+    """Samples without an ``input`` column (many instruction sets have none) get an empty one: the prompt then
+    has no input section, as for a row whose input is empty."""
+    return frame if "input" in frame.columns else frame.assign(input="")
+
+
+def _column_hint(frame: pd.DataFrame, missing: list[str]) -> str:
+    """What to rename: a column that differs only in case, or the usual names of other instruction sets."""
+    if not missing:
+        return ""
+    by_lower = {str(c).lower(): c for c in frame.columns}
+    close = {m: by_lower[m] for m in missing if m in by_lower}
+    if close:
+        return "; rename " + ", ".join(f"{v!r} to {k!r}" for k, v in close.items())
+    return ("; DEFT reads instruction, input (optional) and output: rename the prompt and response columns to "
+            "instruction and output first (e.g. Dataset.rename_columns, DataFrame.rename, or jq)")
+
+
 def _check_sample_columns(samples: pd.DataFrame) -> None:
     needed = ("sample_id", "instruction", "input", "output")
     missing = [c for c in needed if c not in samples.columns]
     if missing:
-        raise DeftError(f"samples lack column(s) {missing}; found {list(samples.columns)}", field=missing[0])
+        raise DeftError(f"samples lack column(s) {missing}; found {list(samples.columns)}"
+                        f"{_column_hint(samples, [m for m in missing if m != 'sample_id'])}", field=missing[0])
     _check_sample_fields(samples, None, None)
 
 
@@ -623,7 +642,12 @@ def _check_sample_fields(frame: pd.DataFrame, path: Path | None, lines: list[int
         if bad is None:
             continue
         value = values[bad]
-        what = "is empty" if isinstance(value, str) else f"is missing or not a string ({value!r})"
+        if isinstance(value, str):
+            what = "is empty"
+        elif pd.api.types.is_scalar(value) and pd.isna(value):  # JSON null or a key this record lacks
+            what = "is missing (null, or no such key in this record)"
+        else:
+            what = f"is not a string but {type(value).__name__} {value!r:.60}"
         raise _row_error(what, bad, name, path, lines)
     for name in ("sample_id", "user", "target_item"):
         if name in frame.columns and frame[name].isna().any():
@@ -696,9 +720,11 @@ def load_samples_file(path: str | Path) -> pd.DataFrame:
         frame, lines = _read_samples_jsonl(path)
     if frame.empty and not len(frame.columns):
         raise DeftError("the file holds no samples", file=path)
-    missing = [c for c in ("instruction", "input", "output") if c not in frame.columns]
+    frame = with_input(frame)
+    missing = [c for c in ("instruction", "output") if c not in frame.columns]
     if missing:
-        raise DeftError(f"missing column(s) {missing}; found {list(frame.columns)}", file=path, field=missing[0])
+        raise DeftError(f"missing column(s) {missing}; found {list(frame.columns)}{_column_hint(frame, missing)}",
+                        file=path, field=missing[0])
     _check_sample_fields(frame, path, lines)
     if "sample_id" not in frame.columns:
         frame.insert(0, "sample_id", [str(i) for i in range(len(frame))])

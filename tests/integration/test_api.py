@@ -202,3 +202,32 @@ def test_two_budgets_of_the_same_count_are_refused(tmp_path):
                           "output": ["red", "green", "blue", "cyan"] * 5})
     with pytest.raises(DeftError, match=r"give the sample counts \[4, 4\] for a pool of 20: one count twice"):
         deft.prune(frame, budget=[4, "20%"], method="random", config=CONFIG, out=tmp_path / "d", progress=False)
+
+
+def test_instruction_data_without_an_input_column(tmp_path):
+    frame = pd.DataFrame({"instruction": [f"Name colour {i}." for i in range(6)],
+                          "output": ["red", "green", "blue", "cyan", "magenta", "yellow"]})
+    out = deft.prune(frame, budget=2, method="effort_only", config=CONFIG, out=tmp_path / "noin", progress=False)
+    assert list(out.coreset.columns) == ["instruction", "output", "stratum"]  # the rows as given
+    assert out.scores["effort"].gt(0).all()
+
+
+def test_progress_false_silences_the_hugging_face_bars_and_restores_them(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    from transformers.utils import logging as hf_logging
+
+    import deft.pipeline
+
+    seen = {}
+
+    def run_prune(*args, **kwargs):
+        seen["during"] = datasets.is_progress_bar_enabled(), hf_logging.is_progress_bar_enabled()
+        raise DeftError("stop here")
+
+    monkeypatch.setattr(deft.pipeline, "run_prune", run_prune)
+    frame = pd.DataFrame({"instruction": ["x"] * 3, "input": [""] * 3, "output": ["a", "b", "c"]})
+    before = datasets.is_progress_bar_enabled(), hf_logging.is_progress_bar_enabled()
+    with pytest.raises(DeftError, match="stop here"):
+        deft.prune(frame, budget=1, method="random", config=CONFIG, out=tmp_path / "q", progress=False)
+    assert seen["during"] == (False, False)
+    assert (datasets.is_progress_bar_enabled(), hf_logging.is_progress_bar_enabled()) == before

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from deft.errors import DeftError
 from deft_cli.main import app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,3 +120,23 @@ def test_samples_file_ids_and_targets_must_be_present(tmp_path):
         load_samples_file(tmp_path / "t.parquet")
     (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + (ROW % "a").encode())
     assert list(load_samples_file(tmp_path / "bom.jsonl")["sample_id"]) == ["a"]
+
+
+def test_samples_without_input_read_it_as_empty_and_misnamed_columns_say_what_to_rename(tmp_path):
+    from deft.data.prompts import render_prompt
+    from deft.pipeline import load_samples_file
+
+    path = tmp_path / "no_input.jsonl"
+    path.write_text('{"instruction": "Name a colour.", "output": "red"}\n{"instruction": "And another.", '
+                    '"output": "blue"}\n')
+    frame = load_samples_file(path)
+    assert list(frame["input"]) == ["", ""]
+    assert render_prompt("Name a colour.", "") == render_prompt(frame["instruction"][0], frame["input"][0])
+    for record, expected in (('{"instruction": "x", "Output": "y"}', "rename 'Output' to 'output'"),
+                             ('{"prompt": "x", "response": "y"}', "rename the prompt and response columns"),
+                             ('{"instruction": "x", "output": null}', "field 'output': is missing (null"),
+                             ('{"instruction": "x", "output": 7}', "field 'output': is not a string but int 7")):
+        path.write_text(record + "\n")
+        with pytest.raises(DeftError) as caught:
+            load_samples_file(path)
+        assert expected in str(caught.value), str(caught.value)
