@@ -323,7 +323,7 @@ def prune(ctx, source, config_path, fmt, items, split, construction, max_history
     result = run_prune(cfg, out, overwrite=overwrite, progress=not ctx.obj["quiet"], samples=samples,
                        samples_file=samples_path)
     for budget, path in result.coresets.items():
-        click.echo(f"coreset ({budget} samples): {path}")
+        click.echo(f"coreset ({budget} sample{'' if budget == 1 else 's'}): {path}")
     if result.valid is not None:
         click.echo(f"validation samples (for deft train --valid): {result.valid}")
     click.echo(f"report: {result.report}")

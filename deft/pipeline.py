@@ -7,6 +7,7 @@ whole plan is known before any work starts: a run directory made with other sett
 
 from __future__ import annotations
 
+import gzip
 import logging
 import re
 from dataclasses import dataclass, field
@@ -230,6 +231,7 @@ class Pipeline:
     def pool_from_frame(self, samples: pd.DataFrame) -> Pool:
         """A pool given as a table of samples; user sequences for the surrogate are rebuilt from the windows."""
         _check_sample_columns(samples)
+        _warn_repeats(samples)
         fp = fingerprint({"samples": frame_fingerprint(samples), "prompt": to_dict(self.cfg.prompt)})
         if not self.run.is_done("samples", fp, self.run.path("samples.parquet")):
             with self.run.stage("samples", fp):
@@ -411,6 +413,18 @@ def _data_key(cfg: Any) -> dict[str, Any]:
         for name in ("source", "items", "format"):
             key.pop(name)
     return key
+
+
+def _warn_repeats(samples: pd.DataFrame) -> None:
+    """Identical samples are scored alike and may all be chosen, spending the budget twice on one sample."""
+    repeated = samples.duplicated(subset=["instruction", "input", "output"]).to_numpy()
+    if repeated.any():
+        row = int(np.flatnonzero(repeated)[0])
+        first = samples.iloc[:row][["instruction", "input", "output"]].eq(
+            samples.iloc[row][["instruction", "input", "output"]]).all(axis=1).to_numpy().argmax()
+        log.warning("%d samples repeat an earlier sample's instruction, input and output (sample_id %r repeats %r); "
+                    "each copy can be chosen: drop the duplicates first to spend the budget on distinct samples",
+                    int(repeated.sum()), samples["sample_id"].iloc[row], samples["sample_id"].iloc[first])
 
 
 def with_input(frame: pd.DataFrame) -> pd.DataFrame:
@@ -675,7 +689,7 @@ def _read_samples_jsonl(path: Path) -> tuple[pd.DataFrame, list[int]]:
     import json
 
     rows, lines = [], []
-    with open(path, "rb") as fh:
+    with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as fh:
         for line_no, raw in enumerate(fh, 1):
             try:
                 line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")  # a BOM may open the file
@@ -710,10 +724,12 @@ def load_samples_file(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise DeftError(f"samples file not found: {path}", file=path)
-    if path.suffix not in (".parquet", ".jsonl", ".json"):
-        raise DeftError(f"unsupported samples file type {path.suffix or '(none)'!r}: use JSON lines (.jsonl) or "
-                        "Parquet (.parquet) with columns instruction, input, output", file=path)
-    if path.suffix == ".parquet":
+    name = path.name.lower()
+    if not name.endswith((".parquet", ".jsonl", ".json", ".jsonl.gz", ".json.gz")):
+        raise DeftError(f"unsupported samples file type {''.join(path.suffixes[-2:]) or '(none)'!r}: use JSON lines "
+                        "(.jsonl, or .jsonl.gz) or Parquet (.parquet) with columns instruction, input (optional), "
+                        "output", file=path)
+    if name.endswith(".parquet"):
         frame = read_user_parquet(path)
         lines = None
     else:
@@ -870,7 +886,8 @@ def run_train(cfg: DeftConfig, samples_path: str | Path, valid_path: str | Path 
     valid = load_samples_file(valid_path) if valid_path else None
     if valid is None:
         log.warning("no validation samples: no early stopping, so training runs all %d epochs and keeps the last "
-                    "adapter (deft prune writes valid.jsonl for --valid)", cfg.training.epochs)
+                    "adapter (--valid takes a file of held-out samples; deft prune on a data source writes one, "
+                    "OUT/valid.jsonl)", cfg.training.epochs)
     loaded = load_target_llm(cfg.model)
     return train_lora(loaded, train, valid, cfg.lora, cfg.training, Path(out), progress=progress,
                       overwrite=overwrite)

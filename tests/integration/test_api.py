@@ -231,3 +231,14 @@ def test_progress_false_silences_the_hugging_face_bars_and_restores_them(tmp_pat
         deft.prune(frame, budget=1, method="random", config=CONFIG, out=tmp_path / "q", progress=False)
     assert seen["during"] == (False, False)
     assert (datasets.is_progress_bar_enabled(), hf_logging.is_progress_bar_enabled()) == before
+
+
+def test_repeated_samples_are_named_in_a_warning(tmp_path, caplog):
+    frame = pd.DataFrame({"instruction": ["Name a colour."] * 5, "input": [""] * 5,
+                          "output": ["red", "green", "red", "blue", "red"]})
+    with caplog.at_level("WARNING", logger="deft.pipeline"):
+        deft.prune(frame, budget=2, method="random", config=CONFIG, out=tmp_path / "rep", progress=False)
+    warned = [r.getMessage() for r in caplog.records if "repeat an earlier sample" in r.getMessage()]
+    assert warned == ["2 samples repeat an earlier sample's instruction, input and output (sample_id '2' repeats "
+                      "'0'); each copy can be chosen: drop the duplicates first to spend the budget on distinct "
+                      "samples"]

@@ -140,3 +140,22 @@ def test_samples_without_input_read_it_as_empty_and_misnamed_columns_say_what_to
         with pytest.raises(DeftError) as caught:
             load_samples_file(path)
         assert expected in str(caught.value), str(caught.value)
+
+
+def test_samples_files_may_be_gzipped_or_upper_case(tmp_path):
+    import gzip
+
+    from deft.pipeline import load_samples_file
+
+    text = ROW % "a" + ROW % "b"
+    (tmp_path / "plain.jsonl").write_text(text)
+    (tmp_path / "LOUD.JSONL").write_text(text)
+    with gzip.open(tmp_path / "packed.jsonl.gz", "wt") as fh:
+        fh.write(text)
+    frames = [load_samples_file(tmp_path / name) for name in ("plain.jsonl", "LOUD.JSONL", "packed.jsonl.gz")]
+    for frame in frames[1:]:
+        pd.testing.assert_frame_equal(frame, frames[0])
+    with gzip.open(tmp_path / "bad.jsonl.gz", "wt") as fh:
+        fh.write(ROW % "a" + '{"instruction": "x"\n')
+    with pytest.raises(DeftError, match=r"bad\.jsonl\.gz line 2: not valid JSON"):
+        load_samples_file(tmp_path / "bad.jsonl.gz")

@@ -1,4 +1,4 @@
-from deft.errors import ConfigError, DataFormatError
+from deft.errors import ConfigError, DataFormatError, DeftError
 
 
 def test_error_names_file_line_and_field():
@@ -12,3 +12,9 @@ def test_error_names_file_line_and_field():
 def test_config_error_lists_all_problems():
     err = ConfigError(["a is wrong", "b is wrong"])
     assert str(err) == "2 problems: a is wrong; b is wrong" and err.problems == ["a is wrong", "b is wrong"]
+
+
+def test_a_message_that_opens_with_its_file_does_not_name_it_twice():
+    assert str(DeftError("runs/a/coreset.jsonl exists; use --overwrite", file="runs/a/coreset.jsonl")) == (
+        "runs/a/coreset.jsonl exists; use --overwrite")
+    assert str(DeftError("exists", file="runs/a/coreset.jsonl", line=3)) == "runs/a/coreset.jsonl line 3: exists"
