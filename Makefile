@@ -43,6 +43,10 @@ demo: install
 	@echo ">> pruning ML-100K with SmolLM2-135M into $(DEMO_OUT) (reuses finished stages)"
 	$(ENVDIR)/bin/deft prune ml-100k --config configs/demo.yaml --out $(DEMO_OUT)
 
+# Removes the demo's run directory, so the next `make demo` computes every stage again.
+clean-demo:
+	rm -rf $(DEMO_OUT)
+
 # The CPU tier runs for days across sessions that may start on a fresh clone: `bench-cpu` first restores the
 # state committed in benchmarks/state/ (when runs/ has none), then resumes; `bench-cpu-save` copies the state
 # back for a commit (right after a training checkpoint; see benchmarks/carry_state.py).

@@ -91,10 +91,10 @@ def app(ctx: click.Context, quiet: bool, debug: bool) -> None:
       deft prune data_samples/tiny-recbole --config configs/bench/tiny.yaml --budget 6 --out runs/try
                                                     a first try: the whole pipeline in ~20 s
       deft score ml-100k --stride 10 --out runs/s   per-sample influence and effort scores (~2 h on 2 cores)
-      deft prune ml-100k --construction last_per_user --budget 128 --out runs/p
-                                                    scores -> coreset.jsonl + report.md (~10 min on 2 cores)
+      deft prune ml-100k --config configs/demo.yaml --budget 128 --out runs/p
+                                                    scores -> coreset.jsonl + report.md (~12 min on 2 cores)
       deft train --samples runs/p/coreset.jsonl --valid runs/p/valid.jsonl --out runs/t   LoRA fine-tuning
-      deft evaluate ml-100k --construction last_per_user --adapter runs/t/adapter --out runs/e
+      deft evaluate ml-100k --config configs/demo.yaml --adapter runs/t/adapter --out runs/e
                                                     Recall/NDCG of an adapter, prompts built as it was trained
       deft compare runs/e runs/e0                   paired bootstrap of two evaluations
       deft run configs/bench/tiny.yaml --out runs/x arms x budgets x seeds -> results.md
@@ -132,7 +132,8 @@ def _data_options(f, *, stride: bool = True):
         click.option("--split", type=click.Choice(["leave_one_out", "temporal"]), help="Split strategy."),
         click.option("--construction", type=click.Choice(["sliding_window", "last_per_user"]),
                      help="Sample construction."),
-        click.option("--max-history", type=int, help="Most recent items in a sample's history (H)."),
+        click.option("--max-history", type=int, help="Most recent items in a sample's history (H; sliding_window only: last_per_user keeps the whole history, "
+                          "trimmed to prompt.max_tokens)."),
         click.option("--stride", type=int, help="Keep every stride-th sliding-window sample."),
     ]
     if not stride:
@@ -351,7 +352,7 @@ def train(ctx, samples_path, valid_path, out, config_path, model, device, epochs
     """LoRA fine-tuning of the target LLM on a set of samples (response-only loss, early stopping).
 
     \b
-    Example: deft train --samples runs/ml100k/coreset.jsonl --valid runs/ml100k/valid.jsonl --out runs/ml100k/train
+    Example: deft train --samples runs/ml100k/coreset-256.jsonl --valid runs/ml100k/valid.jsonl --out runs/ml100k/train-256
     """
     from deft.pipeline import run_train
 

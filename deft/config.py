@@ -96,7 +96,7 @@ class SamplesConfig:
     """How a user's training sequence becomes (history -> target) instruction samples."""
 
     construction: str = "sliding_window"  # sliding_window (BIGRec) | last_per_user (DEALRec)
-    max_history: int = 10  # H: at most this many most recent items before the target
+    max_history: int = 10  # H: at most this many most recent items before the target (sliding_window only)
     stride: int = 1  # sliding_window: keep every stride-th target position of a user
     min_history: int = 1  # a sample needs at least this many history items
 

@@ -428,8 +428,8 @@ def _warn_repeats(samples: pd.DataFrame) -> None:
 
 
 def with_input(frame: pd.DataFrame) -> pd.DataFrame:
-    """Samples without an ``input`` column (many instruction sets have none) get an empty one: the prompt then
-    has no input section, as for a row whose input is empty."""
+    """Samples without an ``input`` column (many instruction sets have none) get an empty one, as if every row
+    had given ``"input": ""`` (the prompt's input section is then empty)."""
     return frame if "input" in frame.columns else frame.assign(input="")
 
 
