@@ -2,7 +2,8 @@
 
 A stage (``samples``, ``surrogate``, ``influence``, ...) is recorded in ``OUT/stages/<name>.json`` with the
 fingerprint of its inputs and config. Re-running a stage whose fingerprint matches is a no-op; a different
-fingerprint is an :class:`ArtifactMismatchError` naming both values, unless the run was opened with
+fingerprint is an :class:`ArtifactMismatchError` naming both values and the keys that differ (a stage records
+what its fingerprint hashes), unless the run was opened with
 ``overwrite=True``. Only JSON, Parquet, ``.npy`` (``allow_pickle=False``) and safetensors are written.
 """
 
@@ -181,10 +182,47 @@ def with_code(parts: dict[str, Any], *names: str) -> dict[str, Any]:
     return {**parts, "code": versions} if versions else parts
 
 
+# digest -> the dict it hashes (small ones), kept so that a stage records what its fingerprint is made of and a
+# mismatch can say which setting changed instead of showing two hex strings
+_KEYS: dict[str, Any] = {}
+_KEY_CHARS = 20_000
+
+
 def fingerprint(obj: Any) -> str:
     """SHA-256 (first 16 hex digits) of the canonical JSON of ``obj``: config dicts, lists of ids, ..."""
-    blob = json.dumps(obj, sort_keys=True, default=_json_default, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    blob = json.dumps(obj, sort_keys=True, default=_json_default, separators=(",", ":"))
+    digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    if isinstance(obj, dict) and len(blob) <= _KEY_CHARS:
+        _KEYS[digest] = json.loads(blob)
+    return digest
+
+
+def key_changes(old: Any, new: Any, limit: int = 5) -> list[str]:
+    """``path: old -> new`` for the leaves that differ between two fingerprinted dicts (nested keys dotted; a
+    nested fingerprint shows as its hex value, so "pool" changing says the samples did)."""
+    old_flat, new_flat = _flat(old), _flat(new)
+    unset = object()
+    changed = [k for k in sorted(old_flat.keys() | new_flat.keys()) if old_flat.get(k, unset) != new_flat.get(k, unset)]
+
+    def show(value: Any) -> str:
+        return "(unset)" if value is unset else _short(value)
+
+    shown = [f"{k}: {show(old_flat.get(k, unset))} -> {show(new_flat.get(k, unset))}" for k in changed[:limit]]
+    return shown + ([f"and {len(changed) - limit} more"] if len(changed) > limit else [])
+
+
+def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        return {prefix.rstrip("."): obj}
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}": value})
+    return out
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -379,9 +417,11 @@ class RunDir:
             return False
         if self.overwrite:
             return False
+        changes = key_changes(meta["key"], _KEYS[fp]) if "key" in meta and fp in _KEYS else []
+        what = f" (changed: {'; '.join(changes)})" if changes else ""
         raise ArtifactMismatchError(
             f"stage '{name}' in {self.root} was made with fingerprint {meta.get('fingerprint')}, "
-            f"these inputs/settings give {fp}; use --overwrite to replace it or choose another --out"
+            f"these inputs/settings give {fp}{what}; use --overwrite to replace it or choose another --out"
         )
 
     def check_compatible(self, name: str, fp: str) -> None:
@@ -398,14 +438,15 @@ class RunDir:
         # Recorded as pending before the block writes anything: a kill midway leaves this stage not done (a
         # run with older settings must not trust half-replaced outputs) and the directory claimed as a DEFT run,
         # with the fingerprint its outputs were being made for.
-        write_json(self._meta_path(name), {**(self.stage_meta(name) or {}), "stage": name, "fingerprint": fp,
-                                           "done": False})
+        key = {"key": _KEYS[fp]} if fp in _KEYS else {}  # what the fingerprint hashes, for naming a later change
+        pending = {k: v for k, v in (self.stage_meta(name) or {}).items() if k != "key"}
+        write_json(self._meta_path(name), {**pending, "stage": name, "fingerprint": fp, "done": False, **key})
         with measure() as cost:
             yield cost
         wall_s = round(cost.wall_s + float(cost.extra.get("earlier_wall_s", 0.0)), 3)
         meta = {"stage": name, "fingerprint": fp, "done": True, "wall_s": wall_s, "peak_mb": cost.peak_mb,
                 **cost.extra, **info, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "machine": machine_label()}
+                "machine": machine_label(), **key}
         write_json(self._meta_path(name), meta)
         log.info("stage %s done in %.1f s (peak %.0f MB)", name, wall_s, cost.peak_mb)
 

@@ -96,6 +96,7 @@ def test_changed_argument_without_overwrite_fails_untouched(pruned):
     assert result.exit_code == 1
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("error: stage 'selection-6'") and "--overwrite" in last
+    assert "(changed: seed: 0 -> 7);" in last  # what changed, not only two fingerprints
     assert "Traceback" not in result.output
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == snapshot
 

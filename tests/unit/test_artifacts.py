@@ -168,3 +168,15 @@ def test_stage_resumed_from_an_earlier_run_is_charged_in_full(tmp_path):
         cost.extra["earlier_wall_s"] = 120.0  # shards an interrupted run computed before
     assert cost.wall_s < 1
     assert run.stage_costs()["effort"]["wall_s"] == round(120.0 + cost.wall_s, 3)
+
+
+def test_key_changes_name_the_settings_that_differ():
+    from deft.artifacts import key_changes
+
+    old = {"pool": "abc", "settings": {"lambda_": 0.5, "strata": 10}, "seed": 0, "code": {"selection": 2}}
+    new = {"pool": "abc", "settings": {"lambda_": 0.3, "strata": 10}, "seed": 0, "budget": 6}
+    assert key_changes(old, new) == ["budget: (unset) -> 6", "code.selection: 2 -> (unset)",
+                                     "settings.lambda_: 0.5 -> 0.3"]
+    many = {f"k{i}": i for i in range(8)}
+    assert key_changes(many, {k: v + 1 for k, v in many.items()}, limit=2)[-1] == "and 6 more"
+    assert key_changes({"t": "x" * 50}, {"t": "y"}) == ['t: "' + "x" * 36 + '... -> "y"']
