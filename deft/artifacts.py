@@ -3,8 +3,8 @@
 A stage (``samples``, ``surrogate``, ``influence``, ...) is recorded in ``OUT/stages/<name>.json`` with the
 fingerprint of its inputs and config. Re-running a stage whose fingerprint matches is a no-op; a different
 fingerprint is an :class:`ArtifactMismatchError` naming both values and the keys that differ (a stage records
-what its fingerprint hashes), unless the run was opened with
-``overwrite=True``. Only JSON, Parquet, ``.npy`` (``allow_pickle=False``) and safetensors are written.
+what its fingerprint hashes), unless the run was opened with ``overwrite=True``. Only JSON, Parquet, ``.npy``
+(``allow_pickle=False``) and safetensors are written.
 """
 
 from __future__ import annotations
