@@ -83,16 +83,35 @@ class LoadedModel:
         return next(self.model.parameters()).dtype
 
     def numerics_key(self) -> dict[str, Any]:
-        """The precision part of a cache key for what this model computes (trained adapters, effort scores).
+        """The precision part of a cache key for what this model computes (see :func:`numerics_key`)."""
+        return numerics_key(self.weights_dtype, self.autocast_dtype)
 
-        Empty for fp32 weights without autocast: those keys predate this part, and fp32 is what every cache
-        had been written with on the machines without fast bf16, so they stay valid. Other precisions are keyed,
-        so switching ``model.dtype`` or ``model.autocast`` is never served an adapter or scores made under the
-        other one.
-        """
-        if self.weights_dtype == torch.float32 and self.autocast_dtype is None:
-            return {}
-        return {"precision": [str(self.weights_dtype), str(self.autocast_dtype)]}
+
+def numerics_key(weights_dtype: torch.dtype, autocast_dtype: torch.dtype | None) -> dict[str, Any]:
+    """The precision part of a cache key for what a model computes (trained adapters, effort scores).
+
+    Empty for fp32 weights without autocast: those keys predate this part, and fp32 is what every cache had been
+    written with on the machines without fast bf16, so they stay valid. Other precisions are keyed, so switching
+    ``model.dtype`` or ``model.autocast`` is never served an adapter or scores made under the other one.
+    """
+    if weights_dtype == torch.float32 and autocast_dtype is None:
+        return {}
+    return {"precision": [str(weights_dtype), str(autocast_dtype)]}
+
+
+def model_key(cfg: ModelConfig) -> tuple[str, dict[str, Any]] | None:
+    """(fingerprint, numerics key) of the model ``cfg`` names, as :func:`load_target_llm` would give them, read
+    from its files without loading the weights: a run whose stages are all cached need not load a 7B model to
+    learn that. None for a hub id, whose identity (the commit) only loading tells."""
+    if cfg.name == TINY_LLAMA:
+        fp = _tiny_fingerprint(build_tiny_tokenizer())
+    elif cfg.name == SMOLLM2:
+        fp = _smollm2_fingerprint(file_sha256(smollm2_gguf_path()))
+    elif Path(cfg.name).is_dir():
+        fp = directory_fingerprint(Path(cfg.name))
+    else:
+        return None
+    return fp, numerics_key(*resolve_dtypes(cfg, resolve_device(cfg.device)))
 
 
 def autocast(loaded: LoadedModel) -> AbstractContextManager:
@@ -300,7 +319,11 @@ def _load_smollm2(dtype: torch.dtype) -> tuple[nn.Module, Any, str]:
         convert_gguf(gguf, target)
         tokenizer = AutoTokenizer.from_pretrained(target)
     model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype)
-    return model, tokenizer, fingerprint({"name": SMOLLM2, "gguf_sha256": sha})
+    return model, tokenizer, _smollm2_fingerprint(sha)
+
+
+def _smollm2_fingerprint(gguf_sha256: str) -> str:
+    return fingerprint({"name": SMOLLM2, "gguf_sha256": gguf_sha256})
 
 
 def convert_gguf(gguf: Path, target: Path) -> None:
@@ -372,8 +395,11 @@ def _build_tiny_llama() -> tuple[nn.Module, Any, str]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
         model = LlamaForCausalLM(config)
-    fp = fingerprint({"name": TINY_LLAMA, "config": TINY_CONFIG, "vocab": len(tokenizer), "seed": TINY_SEED})
-    return model, tokenizer, fp
+    return model, tokenizer, _tiny_fingerprint(tokenizer)
+
+
+def _tiny_fingerprint(tokenizer: Any) -> str:
+    return fingerprint({"name": TINY_LLAMA, "config": TINY_CONFIG, "vocab": len(tokenizer), "seed": TINY_SEED})
 
 
 def build_tiny_tokenizer() -> Any:

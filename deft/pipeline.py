@@ -95,6 +95,7 @@ class Pipeline:
         self.run = RunDir(out, overwrite=overwrite)
         self.progress = progress
         self._llm = None
+        self._model_key: tuple[str, dict[str, Any]] | None = None
         self._grounding: dict[str, dict[str, str]] = {}  # pool fingerprint -> grounding titles
         self._surrogate = None
 
@@ -106,6 +107,17 @@ class Pipeline:
 
             self._llm = load_target_llm(self.cfg.model)
         return self._llm
+
+    def model_key(self) -> tuple[str, dict[str, Any]]:
+        """The target LLM's fingerprint and precision key for cache keys, from its files where they tell (the
+        weights are loaded only when a stage must run)."""
+        if self._llm is None and self._model_key is None:
+            from deft.models import model_key
+
+            self._model_key = model_key(self.cfg.model)
+        if self._llm is not None or self._model_key is None:  # None: a hub id, whose commit only loading tells
+            return self.llm().fingerprint, self.llm().numerics_key()
+        return self._model_key
 
     def _needs_tokenizer(self) -> bool:
         return self.cfg.prompt.max_tokens is not None
@@ -138,7 +150,7 @@ class Pipeline:
     # ------------------------------------------------------------------------------------------- fingerprints
 
     def samples_fp(self, data_fp: str) -> str:
-        model = self.llm().fingerprint if self._needs_tokenizer() else None
+        model = self.model_key()[0] if self._needs_tokenizer() else None
         return fingerprint({"data": data_fp, "data_cfg": _data_key(self.cfg.data), "samples": to_dict(self.cfg.samples),
                             "prompt": to_dict(self.cfg.prompt), "tokenizer": model})
 
@@ -148,9 +160,9 @@ class Pipeline:
         pool's samples do depend on the pool."""
         c = self.cfg
         if stage == "effort":
-            llm = self.llm()
-            return fingerprint(with_code({"pool": pool.fingerprint, "model": llm.fingerprint, "lora": to_dict(c.lora),
-                                          "effort": to_dict(c.effort), **llm.numerics_key()}, stage))
+            model, numerics = self.model_key()
+            return fingerprint(with_code({"pool": pool.fingerprint, "model": model, "lora": to_dict(c.lora),
+                                          "effort": to_dict(c.effort), **numerics}, stage))
         from deft.surrogate.trainer import FIT, surrogate_fingerprint
 
         if stage == "baselines":  # GraNd and EL2N train their own early surrogates, with the same fit
@@ -200,7 +212,11 @@ class Pipeline:
         """Say before it starts that the effort pass will take hours (its own progress bar comes only after the
         surrogate and influence stages)."""
         n = len(pool.samples)
-        if "effort" not in method_stages(method, names) or n <= LARGE_CPU_POOL or self.llm().device.type != "cpu":
+        if "effort" not in method_stages(method, names) or n <= LARGE_CPU_POOL:
+            return
+        from deft.models import resolve_device
+
+        if resolve_device(self.cfg.model.device).type != "cpu":
             return
         if self.run.is_done("effort", self.stage_fp("effort", pool)):
             return

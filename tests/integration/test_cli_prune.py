@@ -79,7 +79,13 @@ def test_manifest_counts_add_up(pruned):
         assert manifest["stages"][stage]["wall_s"] >= 0
 
 
-def test_second_run_reuses_every_stage(pruned):
+def test_second_run_reuses_every_stage(pruned, monkeypatch):
+    import deft.models
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a run whose stages are all cached loaded the LLM's weights")
+
+    monkeypatch.setattr(deft.models, "load_target_llm", no_loading)  # the cache keys come from the model's files
     out, _, _ = pruned
     before = {p.name: p.stat().st_mtime_ns for p in (out / "stages").iterdir()}
     result = _prune(out)

@@ -213,3 +213,13 @@ def test_a_cache_converted_with_other_special_tokens_is_converted_again(tiny, tm
     assert converted == [target] and tokenizer.eos_token == right_eos
     models._load_smollm2(torch.float32)
     assert converted == [target]  # a good cache is used as it is
+
+
+def test_the_cache_key_read_from_files_is_the_loaded_models(tiny, tmp_path):
+    tiny.model.save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    for cfg in (ModelConfig(name="tiny-llama", **CPU32), ModelConfig(name=str(tmp_path), **CPU32),
+                ModelConfig(name="tiny-llama", device="cpu", dtype="bfloat16", autocast="off")):
+        loaded = load_target_llm(cfg)
+        assert models.model_key(cfg) == (loaded.fingerprint, loaded.numerics_key())
+    assert models.model_key(ModelConfig(name="someone/some-model")) is None  # a hub id: the commit needs loading
