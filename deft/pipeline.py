@@ -675,7 +675,7 @@ def _check_sample_fields(frame: pd.DataFrame, path: Path | None, lines: list[int
         if isinstance(value, str):
             what = "is empty"
         elif pd.api.types.is_scalar(value) and pd.isna(value):  # JSON null or a key this record lacks
-            what = "is missing (null, or no such key in this record)"
+            what = "is missing (null" + (", or no such key in this record)" if lines is not None else ")")
         else:
             what = f"is not a string but {type(value).__name__} {value!r:.60}"
         raise _row_error(what, bad, name, path, lines)
@@ -817,7 +817,8 @@ def run_prune(cfg: DeftConfig, out: str | Path, *, overwrite: bool = False, prog
     from deft.report import write_prune_report
 
     manifest = pipe.run.write_manifest(
-        config=to_dict(cfg), input=input_record(cfg, samples, samples_file), seeds={"selection": cfg.selection.seed, "surrogate": cfg.surrogate.seed},
+        config=to_dict(cfg), input=input_record(cfg, samples, samples_file),
+        seeds={"selection": cfg.selection.seed, "surrogate": cfg.surrogate.seed},
         data_fingerprint=pool.data_fingerprint, samples_fingerprint=pool.fingerprint,
         counts={"pool": len(pool.samples),
                 "coreset": {str(b): int(len(s.indices)) for b, s in selections.items()},
