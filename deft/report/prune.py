@@ -278,8 +278,7 @@ def write_prune_report(root: str | Path, samples: pd.DataFrame, scores: pd.DataF
         images["costs"] = plot_stage_costs(costs, root / "stage_costs.png")
     text = prune_report_markdown(f"DEFT coreset: {method}, {budget} of {len(samples)} samples", selection,
                                  config=_prune_settings(manifest, method), coverage=coverage, agreement=agreement,
-                                 costs=costs,
-                                 images=images)
+                                 costs=costs, images=images)
     extra = []
     if len(selections) > 1:
         extra += ["## All budgets", markdown_table(["budget", "chosen", "file"],
@@ -302,8 +301,9 @@ def _prune_settings(manifest: Mapping[str, Any], method: str) -> dict[str, Any]:
 
     config, given = manifest.get("config", {}), manifest.get("input", {})
     stages = set(method_stages(method, ccs_score=config.get("selection", {}).get("ccs_score", "el2n")))
-    keep = [] if "samples_file" in given or "samples" in given else ["data", "samples", "prompt"]
-    keep += ["model", "lora", "effort"] if "effort" in stages else []
+    # a source's samples are built with the model's tokenizer (prompt.max_tokens), so the model shapes them too
+    keep = [] if "samples_file" in given or "samples" in given else ["data", "samples", "prompt", "model"]
+    keep += [k for k in ("model", "lora", "effort") if k not in keep] if "effort" in stages else []
     keep += ["surrogate"] if stages & {"surrogate", "baselines"} else []
     keep += ["baselines"] if "baselines" in stages else []
     keep += ["influence"] if "influence" in stages else []
