@@ -132,8 +132,9 @@ def _data_options(f, *, stride: bool = True):
         click.option("--split", type=click.Choice(["leave_one_out", "temporal"]), help="Split strategy."),
         click.option("--construction", type=click.Choice(["sliding_window", "last_per_user"]),
                      help="Sample construction."),
-        click.option("--max-history", type=int, help="Most recent items in a sample's history (H; sliding_window only: last_per_user keeps the whole history, "
-                          "trimmed to prompt.max_tokens)."),
+        click.option("--max-history", type=int,
+                     help="Most recent items in a sample's history (H; sliding_window only: last_per_user keeps the "
+                          "whole history, trimmed to prompt.max_tokens)."),
         click.option("--stride", type=int, help="Keep every stride-th sliding-window sample."),
     ]
     if not stride:
