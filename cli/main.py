@@ -45,8 +45,9 @@ class DeftGroup(click.Group):
                 raise
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             click.echo(f"error: out of memory ({first}); lower the batch size of the stage that ran out "
-                       "(effort.batch_size, training.batch_size, evaluation.batch_size) or drop very long samples; "
-                       "finished stages are kept (--debug for the traceback)", err=True)
+                       "(effort.batch_size resumes where it stopped; training.batch_size or evaluation.batch_size "
+                       "need --overwrite or another --out) or drop very long samples; finished stages are kept "
+                       "(--debug for the traceback)", err=True)
             ctx.exit(1)
 
 

@@ -28,7 +28,7 @@ class DeftError(Exception):
 
     def __str__(self) -> str:
         where = []
-        if self.file is not None and not self.message.startswith(self.file):  # a message may open with it
+        if self.file is not None and self.file not in self.message:  # a message may name it itself
             where.append(Path(self.file).name if len(self.file) > 60 else self.file)
         if self.line is not None:
             where.append(f"line {self.line}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import logging
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -412,8 +413,8 @@ def _check_budgets_fit(pool: Pool, method: str, budgets: list[int], hard_prune: 
     pruned = n - sel.capacity(method, n, hard_prune)
     why = f"the pool of {n}" + (f" minus the {pruned} that hard_prune={hard_prune:g} drops first" if pruned else "")
     hint = "; hard_prune 0 (--hard-prune 0) selects from the whole pool" if pruned else ""
-    problems = [f"budget {b} exceeds the {n - pruned} samples {method} can take: {why}{hint}" for b in budgets
-                if b > n - pruned]
+    problems = [f"budget {b} exceeds the {n - pruned} samples {method} can take: {why}{hint if b <= n else ''}"
+                for b in budgets if b > n - pruned]
     if problems:
         raise ConfigError(problems)
 
@@ -446,7 +447,15 @@ def _warn_repeats(samples: pd.DataFrame) -> None:
 def with_input(frame: pd.DataFrame) -> pd.DataFrame:
     """Samples without an ``input`` column (many instruction sets have none) get an empty one, as if every row
     had given ``"input": ""`` (the prompt's input section is then empty)."""
-    return frame if "input" in frame.columns else frame.assign(input="")
+    if "input" in frame.columns:
+        return frame
+    other = next((c for c in frame.columns if str(c).lower() == "input"), None)
+    if other is not None:  # its text would silently never reach the prompt
+        raise DeftError(f"no column 'input', but {other!r}: rename it to 'input' (column names are case-sensitive)",
+                        field="input")
+    added = frame.assign(input="")
+    added.attrs["deft_added_input"] = True  # the coreset gives the rows back without it
+    return added
 
 
 def _column_hint(frame: pd.DataFrame, missing: list[str]) -> str:
@@ -613,7 +622,10 @@ def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
 
 def coreset_records(samples: pd.DataFrame, selection: Any) -> list[dict[str, Any]]:
     """The chosen rows with every field unchanged, plus their stratum."""
-    records = sample_records(samples.iloc[selection.indices])
+    chosen = samples.iloc[selection.indices]
+    if samples.attrs.get("deft_added_input"):
+        chosen = chosen.drop(columns="input")
+    records = sample_records(chosen)
     for row, stratum in zip(records, selection.strata, strict=True):
         row["stratum"] = int(stratum)
     return records
@@ -638,12 +650,23 @@ def write_validation(pipe: Pipeline, pool: Pool) -> Path | None:
     target), for ``deft train --valid``: without it training cannot stop early. None for a pool given as a
     table, which has no per-user validation items."""
     if not pool.titles:
+        _drop_stale_validation(pipe)
         return None
     path, fp = pipe.run.path("valid.jsonl"), fingerprint({"pool": pool.fingerprint})
     if not pipe.run.is_done("valid", fp):
         with pipe.run.stage("valid", fp):
             write_jsonl(path, sample_records(pipe.validation_samples(pool)))
     return path
+
+
+def _drop_stale_validation(pipe: Pipeline) -> None:
+    """An earlier run's valid.jsonl, from a data source, beside a coreset of a table of samples (which has none):
+    only --overwrite gets this far over another pool, and it removes what belonged to that pool."""
+    path = pipe.run.path("valid.jsonl")
+    if pipe.run.overwrite and pipe.run.stage_meta("valid") is not None:
+        path.unlink(missing_ok=True)
+        pipe.run.path("stages", "valid.json").unlink()
+        log.info("removed %s, an earlier run's validation samples of another pool", path)
 
 
 def coreset_path(run: RunDir, budget: int, n_budgets: int) -> Path:
@@ -702,6 +725,13 @@ def _check_sample_fields(frame: pd.DataFrame, path: Path | None, lines: list[int
 
 def _read_samples_jsonl(path: Path) -> tuple[pd.DataFrame, list[int]]:
     """The records and the file line of each (blank lines are skipped, not counted as records)."""
+    try:
+        return _read_lines(path)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise DeftError(f"not a readable gzip file ({exc or type(exc).__name__})", file=path) from exc
+
+
+def _read_lines(path: Path) -> tuple[pd.DataFrame, list[int]]:
     import json
 
     rows, lines = [], []

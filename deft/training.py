@@ -85,7 +85,7 @@ class TrainResult:
 
 
 def encode_frame(tokenizer, frame: pd.DataFrame, loss_on: str = "response",
-                 limit: int | None = None) -> list[Encoded]:
+                 limit: int | None = None, what: str = "samples") -> list[Encoded]:
     """Prompt + response + EOS token ids of every row, labels masked per ``loss_on``; a row longer than
     ``limit`` tokens (the model's context) is an error naming its sample_id (its position without one)."""
     missing = [c for c in FRAME_COLUMNS if c not in frame.columns]
@@ -94,7 +94,7 @@ def encode_frame(tokenizer, frame: pd.DataFrame, loss_on: str = "response",
     encoded = [encode_pair(tokenizer, render_prompt(i, x), str(o), loss_on)
                for i, x, o in zip(frame["instruction"], frame["input"], frame["output"], strict=True)]
     ids = frame["sample_id"].tolist() if "sample_id" in frame.columns else list(range(len(frame)))
-    check_context(encoded, ids, limit)
+    check_context(encoded, ids, limit, what)
     return encoded
 
 
@@ -363,11 +363,11 @@ def train_lora(loaded: LoadedModel, train: pd.DataFrame, valid: pd.DataFrame | N
         return finished
     if len(train) == 0:
         raise DataFormatError("no training samples")
-    if resume_from is None:
-        write_json(out_dir / STARTED, {"fingerprint": fp})
 
+    # encoded (and their lengths checked) before the directory is claimed: a refused sample leaves nothing
+    # that would make the corrected run a mismatch
     tok, limit = loaded.tokenizer, context_limit(loaded.model)
-    encoded = encode_frame(tok, train, cfg.loss_on, limit)
+    encoded = encode_frame(tok, train, cfg.loss_on, limit, what="training samples")
     lengths = [len(e.input_ids) for e in encoded]
     targets = [_target_count(e) for e in encoded]
     valid_encoded = None
@@ -375,7 +375,9 @@ def train_lora(loaded: LoadedModel, train: pd.DataFrame, valid: pd.DataFrame | N
         rows = np.arange(len(valid))
         if len(valid) > cfg.valid_samples:
             rows = np.sort(np.random.default_rng(cfg.seed).choice(len(valid), cfg.valid_samples, replace=False))
-        valid_encoded = encode_frame(tok, valid.iloc[rows], cfg.loss_on, limit)
+        valid_encoded = encode_frame(tok, valid.iloc[rows], cfg.loss_on, limit, what="validation samples")
+    if resume_from is None:
+        write_json(out_dir / STARTED, {"fingerprint": fp})
 
     n_batches = math.ceil(len(encoded) / cfg.batch_size)
     steps_per_epoch = math.ceil(n_batches / cfg.grad_accum)

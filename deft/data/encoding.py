@@ -47,7 +47,8 @@ def context_limit(model: Any) -> int | None:
     return limit if isinstance(limit, int) and limit > 0 else None
 
 
-def check_context(encoded: list[Encoded], sample_ids: Sequence[Any], limit: int | None) -> None:
+def check_context(encoded: list[Encoded], sample_ids: Sequence[Any], limit: int | None,
+                  what: str = "samples") -> None:
     """Refuse samples longer than the model's context before any work on them. Past it, learned positions
     fail with an index error and rotary ones degrade silently; and one such sample in a batch of ordinary
     ones costs memory with the square of its length (a 24,000-token row asked for 38 GB)."""
@@ -57,7 +58,7 @@ def check_context(encoded: list[Encoded], sample_ids: Sequence[Any], limit: int 
     if over:
         first = over[0]
         raise DataFormatError(
-            f"{len(over)} of {len(encoded)} samples are longer than the model's context of {limit} tokens "
+            f"{len(over)} of {len(encoded)} {what} are longer than the model's context of {limit} tokens "
             f"(max_position_embeddings): sample_id {sample_ids[first]!r} has {len(encoded[first].input_ids)} "
             "tokens with its prompt template and EOS; shorten or drop such samples")
 

@@ -245,6 +245,18 @@ def test_a_random_coreset_follows_its_pool_and_survives_a_new_budget(tmp_path):
         assert not (out / name).exists() or (out / name).read_bytes() == (out / "coreset.jsonl").read_bytes()
 
 
+def test_a_samples_run_over_a_source_run_removes_the_sources_validation_samples(tmp_path):
+    out = tmp_path / "run"
+    assert _prune(out, "--method", "random").exit_code == 0 and (out / "valid.jsonl").is_file()
+    table = tmp_path / "mine.jsonl"
+    table.write_text("".join(json.dumps({"instruction": "Say a number.", "output": str(i)}) + "\n" for i in range(9)))
+    result = CliRunner().invoke(app, ["--quiet", "prune", "--samples", str(table), "--config", CONFIG, "--method",
+                                      "random", "--budget", "3", "--out", str(out), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert not (out / "valid.jsonl").exists() and not (out / "stages" / "valid.json").exists()
+    assert "validation samples" not in result.output
+
+
 def test_coresets_of_other_settings_are_named_and_removed_only_with_overwrite(tmp_path):
     out = tmp_path / "run"
 
@@ -374,7 +386,11 @@ def test_a_budget_the_pool_cannot_fill_is_refused_before_scoring(tmp_path):
     assert result.exit_code != 0
     assert "budget 100 exceeds the 20 samples dealrec can take: the pool of 22 minus the 2 that hard_prune=0.1" \
         in result.output
+    assert "--hard-prune 0" not in result.output  # no use: the whole pool is too small for it
     assert not (out / "scores").exists() and not (out / "surrogate").exists()
+    result = CliRunner().invoke(app, ["--quiet", "prune", TINY, "--config", CONFIG, "--out", str(out),
+                                      "--budget", "21"])
+    assert result.exit_code != 0 and "hard_prune 0 (--hard-prune 0) selects from the whole pool" in result.output
     result = CliRunner().invoke(app, ["--quiet", "score", TINY, "--config", CONFIG, "--out", str(tmp_path / "s"),
                                       "--scores", "influence,efort"])
     assert result.exit_code != 0 and "unknown score ['efort']" in result.output
@@ -412,6 +428,14 @@ def test_prune_and_score_a_file_of_instruction_samples(tmp_path):
     assert len(coreset) == 4 and all({k: c[k] for k in given[c["sample_id"]]} == given[c["sample_id"]]
                                      for c in coreset)
     # the run names its input, not the default data source it never read
+    # a file without an input column: its rows come back without one, though the prompts had an empty input
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text("".join(json.dumps({"instruction": r["instruction"], "output": r["output"]}) + "\n" for r in rows))
+    result = CliRunner().invoke(app, [*base[:3], str(bare), *base[4:], "--method", "effort_only", "--budget", "4",
+                                      "--out", str(tmp_path / "bare")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    chosen = [json.loads(line) for line in (tmp_path / "bare" / "coreset.jsonl").read_text().splitlines()]
+    assert len(chosen) == 4 and all(set(c) == {"sample_id", "instruction", "output", "stratum"} for c in chosen)
     manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
     assert manifest["input"] == {"samples_file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
                                  "rows": 12}

@@ -132,7 +132,9 @@ def test_samples_without_input_read_it_as_empty_and_misnamed_columns_say_what_to
     frame = load_samples_file(path)
     assert list(frame["input"]) == ["", ""]
     assert render_prompt("Name a colour.", "") == render_prompt(frame["instruction"][0], frame["input"][0])
-    for record, expected in (('{"instruction": "x", "Output": "y"}', "rename 'Output' to 'output'"),
+    for record, expected in (('{"instruction": "x", "Input": "bonjour", "output": "y"}',
+                              "no column 'input', but 'Input': rename it"),  # not read as an empty input
+                             ('{"instruction": "x", "Output": "y"}', "rename 'Output' to 'output'"),
                              ('{"prompt": "x", "response": "y"}', "rename the prompt and response columns"),
                              ('{"instruction": "x", "output": null}', "field 'output': is missing (null"),
                              ('{"instruction": "x", "output": 7}', "field 'output': is not a string but int 7")):
@@ -159,3 +161,9 @@ def test_samples_files_may_be_gzipped_or_upper_case(tmp_path):
         fh.write(ROW % "a" + '{"instruction": "x"\n')
     with pytest.raises(DeftError, match=r"bad\.jsonl\.gz line 2: not valid JSON"):
         load_samples_file(tmp_path / "bad.jsonl.gz")
+    (tmp_path / "plain.jsonl.gz").write_text(text)  # named .gz, not compressed
+    with pytest.raises(DeftError, match=r"plain\.jsonl\.gz: not a readable gzip file"):
+        load_samples_file(tmp_path / "plain.jsonl.gz")
+    (tmp_path / "cut.jsonl.gz").write_bytes(gzip.compress(text.encode())[:-12])  # truncated
+    with pytest.raises(DeftError, match=r"cut\.jsonl\.gz: not a readable gzip file"):
+        load_samples_file(tmp_path / "cut.jsonl.gz")

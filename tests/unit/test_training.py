@@ -259,7 +259,12 @@ def test_a_change_of_precision_is_a_new_training(tiny_cpu32):
 def test_a_sample_beyond_the_model_context_is_refused(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(tiny.model.config, "max_position_embeddings", 40)
     train = _frame(4)
-    with pytest.raises(DataFormatError, match=r"4 of 4 samples are longer than the model's context of 40 "
+    with pytest.raises(DataFormatError, match=r"4 of 4 training samples are longer than the model's context of 40 "
                                               r"tokens \(max_position_embeddings\): sample_id 0 has \d+ tokens"):
         train_lora(tiny, train, None, LoraConfig(r=2), _cfg(epochs=1), tmp_path / "t")
-    assert not (tmp_path / "t" / "adapter").exists()
+    longest = max(len(e.input_ids) for e in encode_frame(tiny.tokenizer, train))
+    monkeypatch.setattr(tiny.model.config, "max_position_embeddings", longest)
+    with pytest.raises(DataFormatError, match=r"1 of 1 validation samples are longer .* sample_id 9 has"):
+        train_lora(tiny, train, train.iloc[:1].assign(sample_id=9, output="x" * 200), LoraConfig(r=2),
+                   _cfg(epochs=1), tmp_path / "t")
+    assert not (tmp_path / "t").exists()  # nothing claimed: the corrected run is not refused as a mismatch
