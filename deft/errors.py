@@ -6,13 +6,7 @@ field) in one line, so the CLI can print ``error: <message>`` and exit non-zero 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-
-
-def _names(message: str, file: str) -> bool:
-    """True if ``message`` holds ``file`` whole (``runs/data`` is not named by "runs/data.bak")."""
-    return re.search(rf"(?:^|[\s'\"(]){re.escape(file)}(?:$|[\s:;,'\")])", message) is not None
 
 
 class DeftError(Exception):
@@ -34,7 +28,7 @@ class DeftError(Exception):
 
     def __str__(self) -> str:
         where = []
-        if self.file is not None and not _names(self.message, self.file):  # a message may name it itself
+        if self.file is not None and not self.message.startswith(self.file):  # a message may open with it
             where.append(Path(self.file).name if len(self.file) > 60 else self.file)
         if self.line is not None:
             where.append(f"line {self.line}")

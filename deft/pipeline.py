@@ -769,7 +769,7 @@ def load_samples_file(path: str | Path) -> pd.DataFrame:
     """Samples from JSONL or Parquet (a coreset file, a samples.parquet, any instruction dataset)."""
     path = Path(path)
     if not path.is_file():
-        raise DeftError(f"samples file not found: {path}", file=path)
+        raise DeftError("samples file not found", file=path)
     name = path.name.lower()
     if not name.endswith((".parquet", ".jsonl", ".json", ".jsonl.gz", ".json.gz")):
         raise DeftError(f"unsupported samples file type {''.join(path.suffixes[-2:]) or '(none)'!r}: use JSON lines "

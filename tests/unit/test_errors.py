@@ -18,6 +18,6 @@ def test_a_message_that_opens_with_its_file_does_not_name_it_twice():
     assert str(DeftError("runs/a/coreset.jsonl exists; use --overwrite", file="runs/a/coreset.jsonl")) == (
         "runs/a/coreset.jsonl exists; use --overwrite")
     assert str(DeftError("exists", file="runs/a/coreset.jsonl", line=3)) == "runs/a/coreset.jsonl line 3: exists"
-    assert str(DeftError("samples file not found: runs/x.jsonl", file="runs/x.jsonl")) == (
-        "samples file not found: runs/x.jsonl")
-    assert str(DeftError("differs from runs/data.bak", file="runs/data")) == "runs/data: differs from runs/data.bak"
+    # a path quoted inside a library's message is no reason to drop the file the error opens with
+    assert str(DeftError("cannot open 'runs/x.parquet'", file="runs/x.parquet")) == (
+        "runs/x.parquet: cannot open 'runs/x.parquet'")
