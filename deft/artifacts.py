@@ -182,9 +182,10 @@ def with_code(parts: dict[str, Any], *names: str) -> dict[str, Any]:
     return {**parts, "code": versions} if versions else parts
 
 
-# digest -> the dict it hashes (small ones), kept so that a stage records what its fingerprint is made of and a
-# mismatch can say which setting changed instead of showing two hex strings
-_KEYS: dict[str, Any] = {}
+# digest -> the canonical JSON of the dict it hashes (small ones), kept so that a stage records what its
+# fingerprint is made of and a mismatch can say which setting changed instead of showing two hex strings; parsed
+# only when a stage is recorded or refused
+_KEYS: dict[str, str] = {}
 _KEY_CHARS = 20_000
 
 
@@ -193,7 +194,7 @@ def fingerprint(obj: Any) -> str:
     blob = json.dumps(obj, sort_keys=True, default=_json_default, separators=(",", ":"))
     digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
     if isinstance(obj, dict) and len(blob) <= _KEY_CHARS:
-        _KEYS[digest] = json.loads(blob)
+        _KEYS[digest] = blob
     return digest
 
 
@@ -417,7 +418,7 @@ class RunDir:
             return False
         if self.overwrite:
             return False
-        changes = key_changes(meta["key"], _KEYS[fp]) if "key" in meta and fp in _KEYS else []
+        changes = key_changes(meta["key"], json.loads(_KEYS[fp])) if "key" in meta and fp in _KEYS else []
         what = f" (changed: {'; '.join(changes)})" if changes else ""
         raise ArtifactMismatchError(
             f"stage '{name}' in {self.root} was made with fingerprint {meta.get('fingerprint')}, "
@@ -438,7 +439,7 @@ class RunDir:
         # Recorded as pending before the block writes anything: a kill midway leaves this stage not done (a
         # run with older settings must not trust half-replaced outputs) and the directory claimed as a DEFT run,
         # with the fingerprint its outputs were being made for.
-        key = {"key": _KEYS[fp]} if fp in _KEYS else {}  # what the fingerprint hashes, for naming a later change
+        key = {"key": json.loads(_KEYS[fp])} if fp in _KEYS else {}  # what the fingerprint hashes, for naming a change
         pending = {k: v for k, v in (self.stage_meta(name) or {}).items() if k != "key"}
         write_json(self._meta_path(name), {**pending, "stage": name, "fingerprint": fp, "done": False, **key})
         with measure() as cost:
@@ -449,6 +450,10 @@ class RunDir:
                 "machine": machine_label(), **key}
         write_json(self._meta_path(name), meta)
         log.info("stage %s done in %.1f s (peak %.0f MB)", name, wall_s, cost.peak_mb)
+
+    def forget(self, name: str) -> None:
+        """Remove stage ``name``'s record (its outputs are the caller's to remove)."""
+        self._meta_path(name).unlink(missing_ok=True)
 
     def stage_costs(self) -> dict[str, dict[str, Any]]:
         out = {}

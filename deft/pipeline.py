@@ -665,7 +665,7 @@ def _drop_stale_validation(pipe: Pipeline) -> None:
     path = pipe.run.path("valid.jsonl")
     if pipe.run.overwrite and pipe.run.stage_meta("valid") is not None:
         path.unlink(missing_ok=True)
-        pipe.run.path("stages", "valid.json").unlink()
+        pipe.run.forget("valid")
         log.info("removed %s, an earlier run's validation samples of another pool", path)
 
 
@@ -915,7 +915,7 @@ def _drop_stale_coresets(pipe: Pipeline, pool: Pool, names: list[str], method: s
         f.unlink()
         log.info("removed %s, a coreset of an earlier run with other data or settings", f)
     for record in stale_records:
-        record.unlink()
+        run.forget(record.stem)
 
 
 def _stratum_counts(selection: Any) -> list[dict[str, int]]:
