@@ -194,7 +194,9 @@ def _speed_bullets(runs: list[dict[str, Any]]) -> list[str]:
 
     def spread(values: list[float]) -> str:
         values = sorted(values)
-        return f"{float(np.median(values)):.3f} s (range {values[0]:.3f}-{values[-1]:.3f}, {len(values)} runs)"
+        if len(values) == 1:
+            return f"{values[0]:.3f} s (1 run)"
+        return f"{float(np.median(values)):.3f} s (median; range {values[0]:.3f}-{values[-1]:.3f}, {len(values)} runs)"
 
     titles = [r["eval"]["title_embedding_s"] for r in runs if r["eval"].get("title_embedding_s")]
     once = (f"; without embedding the item titles, which the first evaluation does once for all: "
@@ -321,17 +323,25 @@ def selection_images(runs: list[dict[str, Any]]) -> list[str]:
 
 
 def plot_cost_by_arm(summary: list[dict[str, Any]], path: Path) -> None:
-    """Stacked bars: scoring and training seconds for each arm-budget."""
+    """Stacked bars: scoring and training seconds for each arm-budget, each labelled with its fraction of the
+    full arm's time where there is one.
+
+    The axis is linear: on a log axis the upper part of a stacked bar looks far smaller than it is, and the
+    question the plot answers (what share of full fine-tuning does pruning cost) is a ratio of heights.
+    """
     labels = [f"{r['arm']}\n{_budget_label(r['budget'])}" for r in summary]
-    scoring = [r["scoring_s"] for r in summary]
-    training = [r["train_s"] for r in summary]
+    scoring = np.array([r["scoring_s"] for r in summary], dtype=float)
+    training = np.array([r["train_s"] for r in summary], dtype=float)
     fig = new_figure(max(6.0, 0.6 * len(labels) + 2), 4)
     ax = fig.subplots()
     ax.bar(labels, scoring, label="scoring (surrogate + scores)")
     ax.bar(labels, training, bottom=scoring, label="LoRA fine-tuning")
+    for x, (total, row) in enumerate(zip(scoring + training, summary, strict=True)):
+        if row.get("fraction_of_full") is not None and row["arm"] != "full":
+            ax.annotate(_fraction_cell(row), (x, total), xytext=(0, 2), textcoords="offset points",
+                        ha="center", va="bottom", fontsize=7)
     ax.set_ylabel("wall time (s)")
-    ax.set_yscale("log")
-    ax.set_title("Cost of pruning + fine-tuning per arm")
+    ax.set_title("Cost of pruning + fine-tuning per arm\n(labels: share of the full arm's time)", fontsize=10)
     ax.tick_params(axis="x", labelsize=7)
     ax.legend(fontsize=8)
     save_figure(fig, path, "cost")

@@ -239,8 +239,8 @@ def test_speed_lines_report_median_and_range_per_sample_and_per_user():
             {"train": {"samples_per_s": 1.0}, "eval": {"s_per_user": 0.5}},
             {"train": {"samples_per_s": 4.0}, "eval": {"s_per_user": 0.45}}]
     text = "\n".join(speed_lines(runs))
-    assert "0.500 s (range 0.250-1.000, 3 runs) per training sample" in text
-    assert "0.450 s (range 0.400-0.500, 3 runs) per test user" in text
+    assert "0.500 s (median; range 0.250-1.000, 3 runs) per training sample" in text
+    assert "0.450 s (median; range 0.400-0.500, 3 runs) per test user" in text
     assert text.startswith("## Speed on this machine")
     assert speed_lines([]) == []
     # runs carried from another machine are summarised apart: their speeds do not mix with this one's
@@ -248,8 +248,8 @@ def test_speed_lines_report_median_and_range_per_sample_and_per_user():
     runs[2]["machine"] = "Intel Xeon (2 cores)"
     lines = speed_lines(runs, "Intel Xeon (2 cores)")
     assert lines[0] == "## Speed by machine" and lines[2] == "On AMD EPYC (2 cores):"
-    assert "0.750 s (range 0.500-1.000, 2 runs) per training sample" in lines[4]
-    assert lines[7] == "On this machine:" and "0.250 s (range 0.250-0.250, 1 runs)" in lines[9]
+    assert "0.750 s (median; range 0.500-1.000, 2 runs) per training sample" in lines[4]
+    assert lines[7] == "On this machine:" and "0.250 s (1 run)" in lines[9]
     assert speed_lines(runs[:2], "Intel Xeon (2 cores)")[2] == "On AMD EPYC (2 cores):"
 
 
