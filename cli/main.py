@@ -409,13 +409,14 @@ def compare(a, b, metrics, samples, seed) -> None:
     Example: deft compare runs/x/arms/dealrec-256-s0 runs/x/arms/random-256-s0
     """
     from deft.evaluation import compare_evaluations
+    from deft.report.common import p_text
 
     table = compare_evaluations(a, b, metrics=metrics or None, n=samples, seed=seed)
     click.echo(f"A = {a}\nB = {b}\n{table['users'].iloc[0]} users, {samples} paired bootstrap resamples")
     for row in table.itertuples(index=False):
         verdict = "A better" if row.lo > 0 else "B better" if row.hi < 0 else "no clear difference"
         click.echo(f"{row.metric:>10}  A {row.a:.4f}  B {row.b:.4f}  A-B {row.mean_diff:+.4f} "
-                   f"[{row.lo:+.4f}, {row.hi:+.4f}]  p {row.p_value:.3f}  {verdict}")
+                   f"[{row.lo:+.4f}, {row.hi:+.4f}]  p {p_text(row.p_value, samples)}  {verdict}")
 
 
 # ----------------------------------------------------------------------------------------------- experiments

@@ -51,6 +51,12 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def p_text(p: float, n: int | None) -> str:
+    """A paired-bootstrap p-value for people: one that no resample reached reads "< 2/n", not a p of zero (the
+    two-sided p is twice a tail share, so one resample on the other side would already give 2/n)."""
+    return f"< {2 / n:.3g}" if p == 0 and n else f"{p:.3f}"
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub-flavoured Markdown table; cells go through :func:`fmt`."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]

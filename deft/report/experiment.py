@@ -10,7 +10,7 @@ import numpy as np
 
 from deft.artifacts import machine_info, machine_label, write_json, write_text
 from deft.config import headline_k
-from deft.report.common import markdown_table, new_figure, save_figure
+from deft.report.common import markdown_table, new_figure, p_text, save_figure
 
 
 def _pm(row: dict[str, Any], metric: str) -> str:
@@ -106,9 +106,7 @@ def comparison_table(comparisons: list[dict[str, Any]]) -> str:
 
 
 def _p_text(c: dict[str, Any]) -> str:
-    """The bootstrap p-value; one that no resample reached reads "< 1/n", not a p of zero."""
-    p, n = c.get("p_value", float("nan")), c.get("n")
-    return f"< {1 / n:.3g}" if p == 0 and n else f"{p:.3f}"
+    return p_text(c.get("p_value", float("nan")), c.get("n"))
 
 
 def _seed_list(seeds: list[int] | None) -> str:
@@ -129,7 +127,7 @@ def _against(row: dict[str, Any], other: dict[str, Any], name: str, ci: dict[str
     if ci["lo"] > 0:
         return f"BEATS {level} ({interval})"
     if ci["hi"] < 0:
-        return f"is WORSE than {level} ({interval})"
+        return f"WORSE than {level} ({interval})"
     return f"no clear difference from {level} ({interval}: the interval includes 0)"
 
 
@@ -357,7 +355,7 @@ def _no_verdict(payload: dict[str, Any]) -> str:
 def _users_phrase(payload: dict[str, Any]) -> str:
     refs = [r.get("users") for r in (payload.get("references") or {}).values() if isinstance(r, dict)]
     n = payload["test_users"]
-    return f"all {n} of them" if refs and all(u == n for u in refs) else f"the first {n}"
+    return f"all {n} of them" if refs and all(u == n for u in refs) else f"only the first {n}"
 
 
 def _protocol_phrase(config: dict[str, Any]) -> str:
@@ -491,7 +489,8 @@ def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[
         "",
         "## Non-LLM references (full ranking over all items)",
         "",
-        f"Computed on every test user of the split; the LLM arms above on {_users_phrase(payload)}. "
+        f"The references are scored on every test user of the split, the LLM arms above on "
+        f"{_users_phrase(payload)}. "
         + _protocol_phrase(payload["config"]),
         "",
         "| model | " + " | ".join(f"{m}@{k}" for k in ks for m in ("recall", "ndcg")) + " |",

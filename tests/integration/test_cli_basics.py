@@ -111,7 +111,7 @@ def test_compare_prints_each_metric_with_interval_and_verdict(tmp_path):
     result = invoke("compare", str(tmp_path / "a"), str(tmp_path / "b"), "--samples", "200")
     assert result.exit_code == 0, result.output
     assert "50 users" in result.output
-    assert "ndcg@10  A 0.3200  B 0.1200  A-B +0.2000 [+0.2000, +0.2000]" in result.output
+    assert "ndcg@10  A 0.3200  B 0.1200  A-B +0.2000 [+0.2000, +0.2000]  p < 0.01  A better" in result.output
     assert result.output.rstrip().endswith("A better")
     bad = invoke("compare", str(tmp_path / "a"), str(tmp_path / "b"), "--metric", "ndcg@20")
     assert bad.exit_code == 1 and bad.output.startswith("error: ") and "ndcg@20" in bad.output

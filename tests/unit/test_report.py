@@ -229,7 +229,7 @@ def test_verdict_placeholder_says_whether_dealrec_is_pending():
     assert _no_verdict({"status": {"pending": ["dealrec-256-s0"]}}) == "no `dealrec` run has finished yet."
     assert _no_verdict({"status": {"pending": []}}) == "no `dealrec` arm in this experiment."
     assert _users_phrase({"test_users": 943, "references": {"sasrec": {"users": 943}}}) == "all 943 of them"
-    assert _users_phrase({"test_users": 300, "references": {"sasrec": {"users": 943}}}) == "the first 300"
+    assert _users_phrase({"test_users": 300, "references": {"sasrec": {"users": 943}}}) == "only the first 300"
 
 
 def test_speed_lines_report_median_and_range_per_sample_and_per_user():
@@ -271,7 +271,7 @@ def test_verdict_words_come_from_the_intervals_not_the_point_estimates():
     assert "5.0% of the full arm's fine-tuning time" in unclear
     clear = verdict(summary, [_ci("random", 0.001, 0.003), _ci("full", -0.003, -0.001)])[0]
     assert "BEATS random 0.0300 (+0.0020, 95% [+0.0010, +0.0030])" in clear
-    assert "is WORSE than full 0.0311" in clear
+    assert "WORSE than full 0.0311" in clear
 
 
 def test_verdict_uses_the_configured_cutoff_when_10_is_absent():
@@ -336,7 +336,7 @@ def test_verdict_says_when_the_comparison_covers_fewer_seeds_than_the_levels():
     ci = {**_ci("random", -0.002, 0.0012), "seeds": [0, 1], "against_seeds": [0, 1]}
     assert "on seeds 0, 1, which both have finished" in verdict(summary, [ci])[0]
     assert "| 0, 1 / 0, 1 |" in comparison_table([ci])
-    assert comparison_table([{**ci, "p_value": 0.0, "n": 1000}]).endswith("| < 0.001 |")  # no resample reached 0
+    assert comparison_table([{**ci, "p_value": 0.0, "n": 1000}]).endswith("| < 0.002 |")  # no resample reached 0
     assert comparison_table([{**ci, "p_value": 0.022, "n": 1000}]).endswith("| 0.022 |")
     summary[1]["seeds"] = 2
     assert "which both have finished" not in verdict(summary, [ci])[0]
