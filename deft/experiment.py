@@ -202,7 +202,7 @@ def _valid_and_test(pipe: Pipeline, pool: Pool) -> tuple[pd.DataFrame, pd.DataFr
     from deft.data import build_eval_users
 
     c = pipe.cfg
-    tokenizer = pipe.llm().tokenizer if c.prompt.max_tokens is not None else None
+    tokenizer = pipe.tokenizer() if c.prompt.max_tokens is not None else None
     valid = pipe.early_stopping_samples(pool)
     users = build_eval_users(pool.split, pool.titles, c.prompt, c.samples, which="test", tokenizer=tokenizer)
     return valid, users
@@ -366,14 +366,15 @@ def _arm_fingerprint(pipe: Pipeline, pool: Pool, run: ArmRun) -> str:
     selection seeds, a method's unread selection settings and the bootstrap's are left out, so that changing
     them keeps every finished run."""
     c = pipe.cfg
+    model, numerics = pipe.model_key()  # read from the model's files where they tell
     stages = method_stages(run.arm, ccs_score=c.selection.ccs_score)  # k-center's includes its surrogate
     used = () if run.arm == "full" else settings_used(run.arm)
     return fingerprint(with_code({"pool": pool.fingerprint, "scores": {s: pipe.stage_fp(s, pool) for s in stages},
                                   "run": [run.arm, run.budget, run.seed],
                                   "selection": {name: getattr(c.selection, name) for name in used},
                                   "training": replace(c.training, seed=run.seed).result_settings(),
-                                  "lora": to_dict(c.lora), "model": pipe.llm().fingerprint,
-                                  "evaluation": c.evaluation.result_settings(), **pipe.llm().numerics_key()},
+                                  "lora": to_dict(c.lora), "model": model,
+                                  "evaluation": c.evaluation.result_settings(), **numerics},
                                  *_code_parts(run)))
 
 
@@ -387,12 +388,13 @@ def _wide_arm_fingerprint(pipe: Pipeline, pool: Pool, run: ArmRun) -> str:
     training and evaluation setting. A record that matches it matches the narrower one too, so it is kept and
     its fingerprint rewritten; nothing finished is recomputed for the change."""
     c = pipe.cfg
+    model, numerics = pipe.model_key()  # read from the model's files where they tell
     stages = sorted({SCORE_STAGE[n] for n in method_scores(run.arm, c.selection.ccs_score)})
     return fingerprint(with_code({"pool": pool.fingerprint, "scores": {s: pipe.stage_fp(s, pool) for s in stages},
                                   "run": [run.arm, run.budget, run.seed], "selection": to_dict(c.selection),
                                   "training": c.training.result_settings(), "lora": to_dict(c.lora),
-                                  "model": pipe.llm().fingerprint, "evaluation": to_dict(c.evaluation),
-                                  **pipe.llm().numerics_key()}, *_code_parts(run)))
+                                  "model": model, "evaluation": to_dict(c.evaluation), **numerics},
+                                 *_code_parts(run)))
 
 
 def _references(pipe: Pipeline, pool: Pool) -> dict[str, Any]:

@@ -114,6 +114,35 @@ def model_key(cfg: ModelConfig) -> tuple[str, dict[str, Any]] | None:
     return fp, numerics_key(*resolve_dtypes(cfg, resolve_device(cfg.device)))
 
 
+def load_tokenizer(cfg: ModelConfig) -> Any | None:
+    """The tokenizer :func:`load_target_llm` would give ``cfg``'s model (pad token set), without loading the
+    weights: what a run whose stages are all cached still needs, to build prompts within the token budget.
+    None where only loading the model gives it: a hub id, or the bundled model not yet converted."""
+    if cfg.name == TINY_LLAMA:
+        tokenizer = build_tiny_tokenizer()
+    elif cfg.name == SMOLLM2:
+        target = _smollm2_dir(file_sha256(smollm2_gguf_path()))
+        if not (target / "config.json").is_file():
+            return None
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(target)
+        if not _special_tokens_match(tokenizer, target):
+            return None  # the model's loading converts it again
+    elif Path(cfg.name).is_dir():
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(cfg.name, trust_remote_code=cfg.trust_remote_code)
+        except (OSError, ValueError):
+            return None  # loading the model says what is wrong, with its hint
+    else:
+        return None
+    if tokenizer.pad_token is None:  # as _prepare does for the loaded model
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def autocast(loaded: LoadedModel) -> AbstractContextManager:
     """``torch.autocast(device_type, dtype)`` for ``loaded``, or ``nullcontext()`` when autocast is off."""
     if loaded.autocast_dtype is None:
@@ -309,7 +338,7 @@ def _load_smollm2(dtype: torch.dtype) -> tuple[nn.Module, Any, str]:
 
     gguf = smollm2_gguf_path()
     sha = file_sha256(gguf)
-    target = cache_root() / "models" / f"{SMOLLM2}-{sha[:12]}"
+    target = _smollm2_dir(sha)
     if not (target / "config.json").is_file():
         convert_gguf(gguf, target)
     tokenizer = AutoTokenizer.from_pretrained(target)
@@ -320,6 +349,11 @@ def _load_smollm2(dtype: torch.dtype) -> tuple[nn.Module, Any, str]:
         tokenizer = AutoTokenizer.from_pretrained(target)
     model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype)
     return model, tokenizer, _smollm2_fingerprint(sha)
+
+
+def _smollm2_dir(gguf_sha256: str) -> Path:
+    """Where the bundled GGUF's conversion lives (see :func:`convert_gguf`)."""
+    return cache_root() / "models" / f"{SMOLLM2}-{gguf_sha256[:12]}"
 
 
 def _smollm2_fingerprint(gguf_sha256: str) -> str:

@@ -97,6 +97,7 @@ class Pipeline:
         self.progress = progress
         self._llm = None
         self._model_key: tuple[str, dict[str, Any]] | None = None
+        self._tokenizer = None  # loaded without the model, see tokenizer()
         self._grounding: dict[str, dict[str, str]] = {}  # pool fingerprint -> grounding titles
         self._surrogate = None
 
@@ -120,6 +121,15 @@ class Pipeline:
             return self.llm().fingerprint, self.llm().numerics_key()
         return self._model_key
 
+    def tokenizer(self):
+        """The target LLM's tokenizer: the loaded model's, or loaded alone where that can be done (a run whose
+        stages are all cached then never loads the weights)."""
+        if self._llm is None and self._tokenizer is None:
+            from deft.models import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.cfg.model)
+        return self._tokenizer if self._llm is None and self._tokenizer is not None else self.llm().tokenizer
+
     def _needs_tokenizer(self) -> bool:
         return self.cfg.prompt.max_tokens is not None
 
@@ -128,7 +138,7 @@ class Pipeline:
         from deft.data import valid_samples
 
         c = self.cfg
-        tokenizer = self.llm().tokenizer if self._needs_tokenizer() else None
+        tokenizer = self.tokenizer() if self._needs_tokenizer() else None
         return valid_samples(pool.split, pool.titles, c.samples, c.prompt, tokenizer=tokenizer)
 
     def grounding_titles(self, pool: Pool) -> dict[str, str]:
@@ -136,7 +146,7 @@ class Pipeline:
         from deft.data import grounding_titles
 
         if pool.fingerprint not in self._grounding:  # every arm evaluates against them: tokenize the catalogue once
-            tokenizer = self.llm().tokenizer if self._needs_tokenizer() else None
+            tokenizer = self.tokenizer() if self._needs_tokenizer() else None
             self._grounding[pool.fingerprint] = grounding_titles(pool.titles, self.cfg.prompt, tokenizer)
         return self._grounding[pool.fingerprint]
 
@@ -240,7 +250,7 @@ class Pipeline:
             samples = read_parquet(path)
         else:
             with self.run.stage("samples", fp, count=None):
-                tokenizer = self.llm().tokenizer if self._needs_tokenizer() else None
+                tokenizer = self.tokenizer() if self._needs_tokenizer() else None
                 samples = build_samples(split, inter.titles, self.cfg.samples, self.cfg.prompt, tokenizer=tokenizer)
                 write_parquet(path, samples)
         return Pool(samples, split, fp, inter.fingerprint, inter.titles)

@@ -113,7 +113,7 @@ def validation_users(pipe: Pipeline, pool: Pool, early: pd.DataFrame) -> pd.Data
     from deft.data import build_eval_users
 
     c = pipe.cfg
-    tokenizer = pipe.llm().tokenizer if c.prompt.max_tokens is not None else None
+    tokenizer = pipe.tokenizer() if c.prompt.max_tokens is not None else None
     users = build_eval_users(pool.split, pool.titles, c.prompt, c.samples, which="valid", tokenizer=tokenizer)
     return users[~users["user"].isin(set(early["user"]))].reset_index(drop=True)
 
@@ -129,12 +129,13 @@ def _run_key(lam: float, budget: int, seed: int) -> str:
 
 def _run_fingerprint(pipe: Pipeline, pool: Pool, users: pd.DataFrame, lam: float, budget: int, seed: int) -> str:
     c = pipe.cfg
+    model, numerics = pipe.model_key()  # read from the model's files where they tell
     parts = {"pool": pool.fingerprint, "scores": {s: pipe.stage_fp(s, pool) for s in method_stages("dealrec")},
              "run": [lam, budget, seed],
              "selection": {k: getattr(c.selection, k) for k in settings_used("dealrec") if k != "lambda_"},
              "training": replace(c.training, seed=seed).result_settings(), "lora": to_dict(c.lora),
-             "model": pipe.llm().fingerprint, "evaluation": c.evaluation.result_settings(),
-             "users": frame_fingerprint(users[["user", "history", "targets", "input"]]), **pipe.llm().numerics_key()}
+             "model": model, "evaluation": c.evaluation.result_settings(),
+             "users": frame_fingerprint(users[["user", "history", "targets", "input"]]), **numerics}
     return fingerprint(with_code(parts, "selection", "training", "evaluation"))
 
 

@@ -66,7 +66,14 @@ def test_the_verdict_compares_with_full_at_a_cost_recomputable_from_the_ledger(e
     assert "different machines" not in line  # one machine measured everything
 
 
-def test_resume_recomputes_nothing(experiment):
+def test_resume_recomputes_nothing(experiment, monkeypatch):
+    import deft.models
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("an experiment whose runs are all cached loaded the LLM's weights")
+
+    # the prompt budget needs only the tokenizer, and the cache keys come from the model's files
+    monkeypatch.setattr(deft.models, "load_target_llm", no_loading)
     records = {p: p.stat().st_mtime_ns for p in experiment.glob("arms/*/record.json")}
     stages = {p: p.stat().st_mtime_ns for p in (experiment / "stages").iterdir()}
     result = CliRunner().invoke(app, ["--quiet", "bench", "tiny", "--out", str(experiment)])

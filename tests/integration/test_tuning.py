@@ -70,12 +70,16 @@ def test_ranks_validation_items_of_users_early_stopping_does_not_use(tuned):
         assert list(row.targets) == list(pool.split.valid[row.user]) != list(pool.split.test[row.user])
 
 
-def test_second_run_recomputes_nothing_and_ties_go_to_the_smaller_lambda(tuned):
+def test_second_run_recomputes_nothing_and_ties_go_to_the_smaller_lambda(tuned, monkeypatch):
+    import deft.models
+
     out, _ = tuned
     records = {p: p.stat().st_mtime_ns for p in out.glob("tune/*/record.json")}
     assert len(records) == 2
-    result = CliRunner().invoke(app, ["--quiet", "tune", str(TINY), "--out", str(out), "--lambda", "0",
-                                      "--lambda", "5", *FEW])
+    with monkeypatch.context() as patched:  # all cached: the tokenizer and the model's files are enough
+        patched.setattr(deft.models, "load_target_llm", lambda *a, **k: pytest.fail("the LLM's weights were loaded"))
+        result = CliRunner().invoke(app, ["--quiet", "tune", str(TINY), "--out", str(out), "--lambda", "0",
+                                          "--lambda", "5", *FEW])
     assert result.exit_code == 0, result.output
     assert {p: p.stat().st_mtime_ns for p in out.glob("tune/*/record.json")} == records
     rows = [{"lambda": 1.0, "ndcg@10": 0.1}, {"lambda": 2.0, "ndcg@10": 0.05}, {"lambda": 0.3, "ndcg@10": 0.1}]

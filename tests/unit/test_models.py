@@ -223,3 +223,16 @@ def test_the_cache_key_read_from_files_is_the_loaded_models(tiny, tmp_path):
         loaded = load_target_llm(cfg)
         assert models.model_key(cfg) == (loaded.fingerprint, loaded.numerics_key())
     assert models.model_key(ModelConfig(name="someone/some-model")) is None  # a hub id: the commit needs loading
+
+
+def test_the_tokenizer_loaded_alone_is_the_loaded_models(tiny, tmp_path, monkeypatch):
+    tiny.model.save_pretrained(tmp_path / "local")
+    tiny.tokenizer.save_pretrained(tmp_path / "local")
+    text = ["### Instruction:\nrecommend\n\n### Response:\nToy Story (1995)", "Léon (1994); 東京物語"]
+    for cfg in (ModelConfig(name="tiny-llama", **CPU32), ModelConfig(name=str(tmp_path / "local"), **CPU32)):
+        alone, loaded = models.load_tokenizer(cfg), load_target_llm(cfg).tokenizer
+        assert alone(text)["input_ids"] == loaded(text)["input_ids"]
+        assert (alone.pad_token, alone.eos_token) == (loaded.pad_token, loaded.eos_token)
+    assert models.load_tokenizer(ModelConfig(name="someone/some-model")) is None  # only loading reaches the hub
+    monkeypatch.setenv("DEFT_CACHE", str(tmp_path / "empty"))
+    assert models.load_tokenizer(ModelConfig(name="smollm2-135m")) is None  # not converted yet: loading converts
