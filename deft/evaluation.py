@@ -266,9 +266,10 @@ def _adapted(loaded: LoadedModel, adapter_dir: str | Path | None) -> Iterator[to
         return
     from peft import PeftModel
 
-    from deft.models import detach_lora
+    from deft.models import detach_lora, peft_notices_silenced
 
-    model = PeftModel.from_pretrained(loaded.model, str(adapter_dir), is_trainable=False)
+    with peft_notices_silenced():
+        model = PeftModel.from_pretrained(loaded.model, str(adapter_dir), is_trainable=False)
     model.eval()
     try:
         yield model

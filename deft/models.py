@@ -17,7 +17,8 @@ import logging
 import os
 import platform
 import warnings
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -490,12 +491,19 @@ def attach_lora(loaded: LoadedModel, lora_cfg: LoraConfig, seed: int = 0) -> Any
     peft_cfg = PeftLoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
                               target_modules=list(lora_cfg.target_modules), bias="none", task_type="CAUSAL_LM")
     devices = [loaded.device] if loaded.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
-        # peft reads a transformers attribute transformers deprecated: a notice about their internals, not ours
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+    with torch.random.fork_rng(devices=devices), peft_notices_silenced():
         torch.manual_seed(seed)
         peft_model = get_peft_model(loaded.model, peft_cfg)
     return peft_model.eval()
+
+
+@contextmanager
+def peft_notices_silenced() -> Iterator[None]:
+    """Around wrapping a model with peft (new adapters or a saved one): peft reads a transformers attribute that
+    transformers deprecated, a FutureWarning about their internals that a DEFT user can do nothing about."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        yield
 
 
 def detach_lora(peft_model: Any) -> nn.Module:

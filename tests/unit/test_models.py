@@ -236,3 +236,18 @@ def test_the_tokenizer_loaded_alone_is_the_loaded_models(tiny, tmp_path, monkeyp
     assert models.load_tokenizer(ModelConfig(name="someone/some-model")) is None  # only loading reaches the hub
     monkeypatch.setenv("DEFT_CACHE", str(tmp_path / "empty"))
     assert models.load_tokenizer(ModelConfig(name="smollm2-135m")) is None  # not converted yet: loading converts
+
+
+def test_attaching_new_or_saved_adapters_shows_no_library_notice(tiny, tmp_path):
+    """peft trips a transformers deprecation (is_gradient_checkpointing) that users of deft evaluate saw."""
+    import warnings
+
+    from deft.evaluation import _adapted
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        peft_model = attach_lora(tiny, LoraConfig())
+        peft_model.save_pretrained(tmp_path)
+        detach_lora(peft_model)
+        with _adapted(tiny, tmp_path) as model:
+            assert any("lora_" in name for name, _ in model.named_parameters())

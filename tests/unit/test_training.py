@@ -15,7 +15,7 @@ from deft.artifacts import read_json
 from deft.config import LoraConfig, ModelConfig, TrainingConfig
 from deft.data.encoding import pad_batch
 from deft.errors import ArtifactMismatchError, DataFormatError, OutputExistsError, TrainingDivergedError
-from deft.models import load_target_llm
+from deft.models import load_target_llm, peft_notices_silenced
 from deft.training import encode_frame, epoch_batches, label_token_loss, lr_factor, mean_loss, train_lora
 
 
@@ -85,7 +85,8 @@ def test_training_changes_only_lora_and_lowers_the_loss(tiny, tmp_path):
     adapter = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
     assert adapter and all("lora_" in k for k in adapter)
     assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
-    model = PeftModel.from_pretrained(tiny.model, str(result.adapter_dir))
+    with peft_notices_silenced():
+        model = PeftModel.from_pretrained(tiny.model, str(result.adapter_dir))
     try:
         after = mean_loss(tiny, model, encoded, 8)
     finally:
