@@ -309,6 +309,41 @@ def plot_metric_by_budget(summary: list[dict[str, Any]], path: Path, metric: str
     save_figure(fig, path, f"{metric} vs budget")
 
 
+def plot_quality_vs_cost(summary: list[dict[str, Any]], path: Path, metric: str = "ndcg@10") -> bool:
+    """The trade-off the toolkit exists for: each arm-budget's quality (mean ± std over seeds) against its
+    pruning + training time as a share of the full arm's fine-tuning time (log axis; full sits at 100%).
+    A share whose times come from different machines is marked †. False (nothing drawn) without a full arm."""
+    rows = [r for r in summary if r.get("fraction_of_full") is not None and metric in r]
+    if not any(r["arm"] == "full" for r in rows) or len(rows) < 2:
+        return False
+    fig = new_figure(7, 4.5)
+    ax = fig.subplots()
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    colors = {arm: f"C{i % 10}" for i, arm in enumerate(arms)}
+    for arm in arms:
+        mine = [r for r in rows if r["arm"] == arm]
+        ax.errorbar([100 * r["fraction_of_full"] for r in mine], [r[metric] for r in mine],
+                    yerr=[r.get(f"{metric}_std", 0.0) for r in mine], fmt="o", capsize=3, color=colors[arm],
+                    label=arm, ms=8 if arm == "dealrec" else 6, zorder=3 if arm == "dealrec" else 2)
+        for r in mine:
+            text = _budget_label(r["budget"]) + (" †" if r.get("fraction_machines") else "")
+            ax.annotate(text, (100 * r["fraction_of_full"], r[metric]), xytext=(5, 3), textcoords="offset points",
+                        fontsize=7, color=colors[arm])
+    ax.set_xscale("log")
+    ticks = [t for t in (1, 2, 5, 10, 20, 50, 100) if t >= 100 * min(r["fraction_of_full"] for r in rows) / 2]
+    ax.set_xticks(ticks, [f"{t}%" for t in ticks])
+    ax.minorticks_off()
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("pruning + fine-tuning time, share of the full arm's (log scale)")
+    ax.set_ylabel(metric.upper())
+    marked = any(r.get("fraction_machines") for r in rows)
+    ax.set_title(f"{metric.upper()} vs cost (labels: budget" + ("; † times from different machines" if marked
+                                                                 else "") + ")", fontsize=10)
+    ax.legend(fontsize=7, ncol=2)
+    save_figure(fig, path, f"{metric} vs cost")
+    return True
+
+
 def selection_images(runs: list[dict[str, Any]]) -> list[str]:
     """Markdown images of the stratified arms' score distributions (first seed of each arm and budget)."""
     seen, lines = set(), []
@@ -433,6 +468,7 @@ def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[
     plot_metric_by_arm(summary, root / "ndcg_by_arm.png", metric, payload.get("references"))
     plot_metric_by_budget(summary, root / "ndcg_by_budget.png", metric, payload.get("references"))
     plot_cost_by_arm(summary, root / "cost_by_arm.png")
+    traded = plot_quality_vs_cost(summary, root / "quality_vs_cost.png", metric)
     json_path = root / "results.json"
     write_json(json_path, payload)
     machine = payload.get("machine") or machine_info()
@@ -479,6 +515,7 @@ def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[
         "",
         "![NDCG vs budget](ndcg_by_budget.png)",
         "",
+        *([f"![{metric.upper()} vs cost](quality_vs_cost.png)", ""] if traded else []),
         f"## Paired bootstrap (per-user {metric.upper()}, mean over seeds)",
         "",
         "Each user's score is first averaged over the arm's seeds (against `random`: the seeds both arms have "

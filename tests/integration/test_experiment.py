@@ -25,10 +25,11 @@ def experiment(tmp_path_factory):
 
 def test_outputs(experiment):
     for name in ("results.json", "results.md", "ndcg_by_arm.png", "ndcg_by_budget.png", "cost_by_arm.png",
-                 "manifest.json"):
+                 "quality_vs_cost.png", "manifest.json"):
         assert (experiment / name).is_file(), name
     text = (experiment / "results.md").read_text()
     assert "## Verdict" in text and "dealrec" in text and "Paired bootstrap" in text
+    assert "![NDCG@10 vs cost](quality_vs_cost.png)" in text
     assert "- selection: λ = 0.5 as configured (`deft tune` chooses it on validation); K = 3 strata" in text
     assert "at most 1 epochs, early stopping with patience" in text
     # dealrec is stratified: its score distribution is drawn and linked; random and full have none

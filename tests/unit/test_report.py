@@ -362,3 +362,18 @@ def test_every_run_is_listed_with_its_own_numbers():
     table = runs_table([run, {**run, "key": "random-256-s1", "train": {"epochs": 4, "wall_s": 875.0}}], [10, 20])
     assert "| dealrec-256-s1 | 256 | 0.0085 | 0.0040 | 0.0148 | 0.0056 | 6 (best 5) | 1266 | 445 | 0.472 |" in table
     assert "| random-256-s1 | 256 | 0.0085 | 0.0040 | 0.0148 | 0.0056 | 4 | 875 | 445 | 0.472 |" in table
+
+
+def test_quality_vs_cost_is_drawn_only_against_a_full_arm(tmp_path):
+    from deft.report.experiment import plot_quality_vs_cost
+
+    full = {"arm": "full", "budget": None, "ndcg@10": 0.01, "fraction_of_full": 1.0}
+    pruned = [{"arm": "dealrec", "budget": 256, "ndcg@10": 0.004, "ndcg@10_std": 0.001, "fraction_of_full": 0.13,
+               "fraction_machines": ["AMD", "Intel"]},
+              {"arm": "random", "budget": 256, "ndcg@10": 0.003, "fraction_of_full": 0.02}]
+    assert plot_quality_vs_cost([full, *pruned], tmp_path / "qc.png")
+    assert (tmp_path / "qc.png").stat().st_size > 0
+    # no full arm, or no cost recorded: nothing to place on the axis, and nothing is written
+    assert not plot_quality_vs_cost(pruned, tmp_path / "none.png")
+    assert not plot_quality_vs_cost([full, *[{**r, "fraction_of_full": None} for r in pruned]], tmp_path / "no.png")
+    assert not (tmp_path / "none.png").exists() and not (tmp_path / "no.png").exists()
