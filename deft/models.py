@@ -118,7 +118,9 @@ def model_key(cfg: ModelConfig) -> tuple[str, dict[str, Any]] | None:
 def load_tokenizer(cfg: ModelConfig) -> Any | None:
     """The tokenizer :func:`load_target_llm` would give ``cfg``'s model (pad token set), without loading the
     weights: what a run whose stages are all cached still needs, to build prompts within the token budget.
-    None where only loading the model gives it: a hub id, or the bundled model not yet converted."""
+    None where loading the model should decide: a hub id, the bundled model not yet converted (or converted
+    with other special tokens: loading converts it again), a local directory whose tokenizer does not load
+    (loading raises the error with its hint)."""
     if cfg.name == TINY_LLAMA:
         tokenizer = build_tiny_tokenizer()
     elif cfg.name == SMOLLM2:

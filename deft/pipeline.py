@@ -122,13 +122,15 @@ class Pipeline:
         return self._model_key
 
     def tokenizer(self):
-        """The target LLM's tokenizer: the loaded model's, or loaded alone where that can be done (a run whose
-        stages are all cached then never loads the weights)."""
-        if self._llm is None and self._tokenizer is None:
+        """The target LLM's tokenizer: the loaded model's, or loaded alone where that can be done, so that
+        building prompts for cached stages does not load the weights."""
+        if self._llm is not None:
+            return self._llm.tokenizer
+        if self._tokenizer is None:
             from deft.models import load_tokenizer
 
             self._tokenizer = load_tokenizer(self.cfg.model)
-        return self._tokenizer if self._llm is None and self._tokenizer is not None else self.llm().tokenizer
+        return self._tokenizer if self._tokenizer is not None else self.llm().tokenizer
 
     def _needs_tokenizer(self) -> bool:
         return self.cfg.prompt.max_tokens is not None

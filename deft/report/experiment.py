@@ -313,8 +313,10 @@ def plot_quality_vs_cost(summary: list[dict[str, Any]], path: Path, metric: str 
     """The trade-off the toolkit exists for: each arm-budget's quality (mean ± std over seeds) against its
     pruning + training time as a share of the full arm's fine-tuning time (log axis; full sits at 100%).
     A share whose times come from different machines is marked †. False (nothing drawn) without a full arm."""
-    rows = [r for r in summary if r.get("fraction_of_full") is not None and metric in r]
+    # A share rounded to 0 has no place on a log axis, and a missing metric no height: both are left out.
+    rows = [r for r in summary if (r.get("fraction_of_full") or 0) > 0 and np.isfinite(r.get(metric, np.nan))]
     if not any(r["arm"] == "full" for r in rows) or len(rows) < 2:
+        path.unlink(missing_ok=True)  # a plot from an earlier report would otherwise stay beside this one
         return False
     fig = new_figure(7, 4.5)
     ax = fig.subplots()
@@ -330,8 +332,11 @@ def plot_quality_vs_cost(summary: list[dict[str, Any]], path: Path, metric: str 
             ax.annotate(text, (100 * r["fraction_of_full"], r[metric]), xytext=(5, 3), textcoords="offset points",
                         fontsize=7, color=colors[arm])
     ax.set_xscale("log")
-    ticks = [t for t in (1, 2, 5, 10, 20, 50, 100) if t >= 100 * min(r["fraction_of_full"] for r in rows) / 2]
-    ax.set_xticks(ticks, [f"{t}%" for t in ticks])
+    # A pruned arm can cost more than full (scoring the whole of a small pool), so the ticks go past 100%.
+    shares = [100 * r["fraction_of_full"] for r in rows]
+    ticks = [t for t in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+             if min(shares) / 2 <= t <= max(shares) * 2]
+    ax.set_xticks(ticks, [f"{t:g}%" for t in ticks])
     ax.minorticks_off()
     ax.set_ylim(bottom=0)
     ax.set_xlabel("pruning + fine-tuning time, share of the full arm's (log scale)")
@@ -524,16 +529,15 @@ def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[
         "",
         comparison_table(comparisons),
         "",
-        "## Non-LLM references (full ranking over all items)",
-        "",
-        f"The references are scored on every test user of the split, the LLM arms above on "
-        f"{_users_phrase(payload)}. "
-        + _protocol_phrase(payload["config"]),
-        "",
-        "| model | " + " | ".join(f"{m}@{k}" for k in ks for m in ("recall", "ndcg")) + " |",
-        "|---|" + "---|" * (2 * len(ks)),
-        *ref_lines,
-        "",
+        *(["## Non-LLM references (full ranking over all items)",
+            "",
+            f"The references are scored on every test user of the split, the LLM arms above on "
+            f"{_users_phrase(payload)}. " + _protocol_phrase(payload["config"]),
+            "",
+            "| model | " + " | ".join(f"{m}@{k}" for k in ks for m in ("recall", "ndcg")) + " |",
+            "|---|" + "---|" * (2 * len(ks)),
+            *ref_lines,
+            ""] if ref_lines else []),
         "## Every run",
         "",
         runs_table(payload["runs"], ks, cap),

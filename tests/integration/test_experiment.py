@@ -39,6 +39,20 @@ def test_outputs(experiment):
     assert f"]({runs['dealrec']['score_plot']})" in text
 
 
+def test_a_report_without_references_or_full_arm_leaves_their_parts_out(experiment, tmp_path):
+    from deft.report.experiment import write_experiment_report
+
+    payload = json.loads((experiment / "results.json").read_text())
+    payload["references"] = {}
+    payload["summary"] = [r for r in payload["summary"] if r["arm"] != "full"]
+    for row in payload["summary"]:
+        row["fraction_of_full"] = None
+    _, md = write_experiment_report(tmp_path, payload)
+    text = md.read_text()
+    assert "Non-LLM references" not in text and "quality_vs_cost" not in text
+    assert not (tmp_path / "quality_vs_cost.png").exists()
+
+
 def test_table_recomputable_from_per_user_results(experiment):
     results = json.loads((experiment / "results.json").read_text())
     assert {r["arm"] for r in results["runs"]} == {"full", "random", "dealrec"}

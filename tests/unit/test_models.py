@@ -226,13 +226,26 @@ def test_the_cache_key_read_from_files_is_the_loaded_models(tiny, tmp_path):
 
 
 def test_the_tokenizer_loaded_alone_is_the_loaded_models(tiny, tmp_path, monkeypatch):
+    import json
+
     tiny.model.save_pretrained(tmp_path / "local")
     tiny.tokenizer.save_pretrained(tmp_path / "local")
+    unpadded = tmp_path / "unpadded"  # a tokenizer without a pad token: both paths fall back to EOS
+    tiny.model.save_pretrained(unpadded)
+    tiny.tokenizer.save_pretrained(unpadded)
+    config = json.loads((unpadded / "tokenizer_config.json").read_text())
+    config.pop("pad_token", None)
+    (unpadded / "tokenizer_config.json").write_text(json.dumps(config))
     text = ["### Instruction:\nrecommend\n\n### Response:\nToy Story (1995)", "Léon (1994); 東京物語"]
-    for cfg in (ModelConfig(name="tiny-llama", **CPU32), ModelConfig(name=str(tmp_path / "local"), **CPU32)):
+    for name in ("tiny-llama", str(tmp_path / "local"), str(unpadded)):
+        cfg = ModelConfig(name=name, **CPU32)
         alone, loaded = models.load_tokenizer(cfg), load_target_llm(cfg).tokenizer
-        assert alone(text)["input_ids"] == loaded(text)["input_ids"]
+        # as deft.data calls them: no special tokens added, decoded without them
+        ids = alone(text, add_special_tokens=False)["input_ids"]
+        assert ids == loaded(text, add_special_tokens=False)["input_ids"]
+        assert alone.decode(ids[1], skip_special_tokens=True) == loaded.decode(ids[1], skip_special_tokens=True)
         assert (alone.pad_token, alone.eos_token) == (loaded.pad_token, loaded.eos_token)
+        assert alone.pad_token is not None
     assert models.load_tokenizer(ModelConfig(name="someone/some-model")) is None  # only loading reaches the hub
     monkeypatch.setenv("DEFT_CACHE", str(tmp_path / "empty"))
     assert models.load_tokenizer(ModelConfig(name="smollm2-135m")) is None  # not converted yet: loading converts
@@ -251,3 +264,13 @@ def test_attaching_new_or_saved_adapters_shows_no_library_notice(tiny, tmp_path)
         detach_lora(peft_model)
         with _adapted(tiny, tmp_path) as model:
             assert any("lora_" in name for name, _ in model.named_parameters())
+
+
+@pytest.mark.slow
+def test_smollm2_tokenizer_loaded_alone_is_the_loaded_models():
+    cfg = ModelConfig(name="smollm2-135m", **CPU32)
+    loaded = load_target_llm(cfg).tokenizer  # converts once if the cache is empty
+    alone = models.load_tokenizer(cfg)
+    text = ["### Instruction:\nGiven the movies\n\n### Response:\nToy Story (1995)", "Léon (1994); 東京物語"]
+    assert alone(text, add_special_tokens=False)["input_ids"] == loaded(text, add_special_tokens=False)["input_ids"]
+    assert (alone.pad_token, alone.eos_token) == (loaded.pad_token, loaded.eos_token) == ("<|im_end|>",) * 2

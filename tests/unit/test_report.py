@@ -377,3 +377,8 @@ def test_quality_vs_cost_is_drawn_only_against_a_full_arm(tmp_path):
     assert not plot_quality_vs_cost(pruned, tmp_path / "none.png")
     assert not plot_quality_vs_cost([full, *[{**r, "fraction_of_full": None} for r in pruned]], tmp_path / "no.png")
     assert not (tmp_path / "none.png").exists() and not (tmp_path / "no.png").exists()
+    # a plot from an earlier report does not outlive the arm it needed
+    assert not plot_quality_vs_cost(pruned, tmp_path / "qc.png") and not (tmp_path / "qc.png").exists()
+    # a pruned arm may cost more than full (a small pool, scored whole); a share rounded to 0 is left out
+    costly = [full, {**pruned[0], "fraction_of_full": 3.5}, {**pruned[1], "fraction_of_full": 0.0}]
+    assert plot_quality_vs_cost(costly, tmp_path / "costly.png")
