@@ -107,17 +107,30 @@ def _check_budgets(cfg: DeftConfig, pool_size: int) -> list[int]:
 
 
 def remaining_seconds(done: list[dict[str, Any]], pending: list[ArmRun], pool_size: int,
-                      spent: Mapping[str, float] | None = None) -> float | None:
+                      spent: Mapping[str, float] | None = None, machine: str | None = None) -> float | None:
     """Projected wall time of the pending runs from the finished ones: training seconds per sample (epochs
     included) times each run's sample count, less what a run's checkpoint says it has trained already
-    (``spent``, by run key), plus the mean evaluation time."""
+    (``spent``, by run key), plus the mean evaluation time.
+
+    The pace comes from the most alike finished runs: those that finished on ``machine`` (this one) when there
+    are any, since CPUs differ by tens of percent; and among them pruned runs for a pruned run, full runs for a
+    full one, when there are any, since the full pool trains a different number of epochs."""
     if not done:
         return None
     spent = spent or {}
-    per_sample = sum(r["train"]["wall_s"] for r in done) / max(1, sum(r["samples"] for r in done))
-    eval_s = float(np.mean([r["eval"]["wall_s"] for r in done]))
-    return sum(eval_s + max(0.0, per_sample * (pool_size if run.budget is None else run.budget)
-                            - spent.get(run.key, 0.0)) for run in pending)
+    here = [r for r in done if r.get("machine") == machine] or done
+
+    def pace(full: bool) -> tuple[float, float]:
+        alike = [r for r in here if (r.get("budget") is None) == full] or here
+        per_sample = sum(r["train"]["wall_s"] for r in alike) / max(1, sum(r["samples"] for r in alike))
+        return per_sample, float(np.mean([r["eval"]["wall_s"] for r in alike]))
+
+    total = 0.0
+    for run in pending:
+        per_sample, eval_s = pace(run.budget is None)
+        total += eval_s + max(0.0, per_sample * (pool_size if run.budget is None else run.budget)
+                              - spent.get(run.key, 0.0))
+    return total
 
 
 def trained_so_far(pipe: Pipeline, runs: list[ArmRun]) -> dict[str, float]:
@@ -176,10 +189,10 @@ def _write_report(pipe: Pipeline, pool: Pool, cfg: DeftConfig, names: list[str],
     stage_costs = pipe.run.stage_costs()
     pending = [run for run in runs if run.key not in finished]
     spent = trained_so_far(pipe, pending)
-    left = remaining_seconds(records, pending, len(pool.samples), spent)
+    left = remaining_seconds(records, pending, len(pool.samples), spent, machine_label())
     # The verdict needs random, dealrec and full: how long until those alone are in (they run first).
     headline = [run for run in pending if run.arm in (*HEADLINE_ARMS, "full")]
-    to_verdict = remaining_seconds(records, headline, len(pool.samples), spent) if headline else None
+    to_verdict = remaining_seconds(records, headline, len(pool.samples), spent, machine_label()) if headline else None
     status = {"finished": len(records), "planned": len(runs), "pending": [run.key for run in pending],
               "estimated_remaining_s": None if left is None or not pending else round(left),
               "headline_pending": len(headline),

@@ -45,6 +45,23 @@ def test_remaining_estimate_scales_training_by_samples():
     assert remaining_seconds(done, pending, pool_size=1_000, spent={"full-all-s0": 900.0}) == 140.0  # not < 0
 
 
+def test_remaining_estimate_takes_the_pace_of_alike_runs_on_this_machine():
+    def run(budget, samples, train_s, eval_s, machine):
+        return {"budget": budget, "samples": samples, "train": {"wall_s": train_s}, "eval": {"wall_s": eval_s},
+                "machine": machine}
+
+    done = [run(100, 100, 200.0, 40.0, "slow"),  # 2 s a sample on the slower CPU
+            run(100, 100, 100.0, 20.0, "fast"),  # 1 s a sample here
+            run(None, 1_000, 4_000.0, 30.0, "fast")]  # the full pool, trained for more epochs: 4 s a sample
+    pruned, full = [ArmRun("random", 200, 1)], [ArmRun("full", None, 1)]
+    assert remaining_seconds(done, pruned, 1_000, machine="fast") == 20.0 + 200.0
+    assert remaining_seconds(done, full, 1_000, machine="fast") == 30.0 + 4_000.0
+    # nothing finished here yet: every machine's runs, still alike ones first
+    assert remaining_seconds(done, pruned, 1_000, machine="new") == 30.0 + 1.5 * 200
+    # no finished run of the same kind: the others' pace rather than none
+    assert remaining_seconds(done[:2], full, 1_000, machine="fast") == 20.0 + 1.0 * 1_000
+
+
 def test_training_time_held_in_checkpoints_is_read_per_run(tmp_path):
     import json
     from types import SimpleNamespace
