@@ -488,9 +488,10 @@ def _fraction_machines(runs: list[dict[str, Any]], stages: list[str], stage_cost
 
 
 def compare(root: Path, records: list[dict[str, Any]], cfg: DeftConfig, k: int = 10) -> list[dict[str, Any]]:
-    """Paired bootstrap of per-user NDCG@k (mean over seeds) of each arm against `random` and `full`.
+    """Paired bootstrap of per-user NDCG@k (mean over seeds) of each arm against `random` and `full`, and of
+    `dealrec` against every other baseline at its budget (the protocol asks whether it beats each of them).
 
-    Against `random`, only the seeds both arms have finished are averaged (no comparison while they share
+    Against a pruned arm, only the seeds both arms have finished are averaged (no comparison while they share
     none): while an experiment is still running one arm may have a seed more, and the difference must come from
     the methods, not from that seed. The full pool has its own seeds (often just one), so against it every seed
     of the arm counts. Both sides must have been evaluated on the same users.
@@ -504,10 +505,13 @@ def compare(root: Path, records: list[dict[str, Any]], cfg: DeftConfig, k: int =
     full = next((v for (a, _), v in by_arm.items() if a == "full"), None)
     out = []
     for (arm, budget), seeds in by_arm.items():
-        for name, other in {"random": by_arm.get(("random", budget)), "full": full}.items():
+        against = {"random": by_arm.get(("random", budget)), "full": full}
+        if arm == "dealrec":
+            against |= {a: v for (a, b), v in by_arm.items() if b == budget and a not in ("dealrec", *against)}
+        for name, other in against.items():
             if other is None or arm == name:
                 continue
-            if name == "random":
+            if name != "full":
                 mine = theirs = sorted(set(seeds) & set(other))
                 if not mine:
                     continue

@@ -122,7 +122,8 @@ def _against(row: dict[str, Any], other: dict[str, Any], name: str, ci: dict[str
         return f"{higher} than {level} (point estimates; no paired interval)"
     interval = f"{ci['mean_diff']:+.4f}, 95% [{ci['lo']:+.4f}, {ci['hi']:+.4f}]"
     matched = ci.get("seeds")
-    if name == "random" and matched and {row.get("seeds"), other.get("seeds")} != {len(matched)}:
+    # Against a pruned arm only the seeds both have finished are compared (see experiment.compare).
+    if other["arm"] != "full" and matched and {row.get("seeds"), other.get("seeds")} != {len(matched)}:
         interval += f" on {'seed' if len(matched) == 1 else 'seeds'} {_seed_list(matched)}, which both have finished"
     if ci["lo"] > 0:
         return f"BEATS {level} ({interval})"
@@ -135,8 +136,9 @@ def verdict(summary: list[dict[str, Any]], comparisons: list[dict[str, Any]], me
     """One plain sentence per budget: does dealrec beat random and match full on ``metric``, at what cost?
 
     "Beats" and "worse" need the paired bootstrap interval to exclude zero; otherwise the sentence says there is
-    no clear difference, whatever the point estimates. Other baselines are compared by point estimate only, and
-    say so.
+    no clear difference, whatever the point estimates. Of the other baselines the sentence names the best (by
+    mean), with its paired interval where the two share a finished seed, else by point estimate, saying so; the
+    comparison table has dealrec against each of them.
     """
     rows = {(r["arm"], r["budget"]): r for r in summary}
     full = next((r for r in summary if r["arm"] == "full"), None)
@@ -163,7 +165,7 @@ def verdict(summary: list[dict[str, Any]], comparisons: list[dict[str, Any]], me
         others = [r for (a, b), r in rows.items() if b == budget and a not in ("dealrec", "random", "full")]
         if others:
             best = max(others, key=lambda r: r[metric])
-            parts.append(_against(row, best, f"the best other baseline ({best['arm']})", None, metric))
+            parts.append(_against(row, best, f"the best other baseline ({best['arm']})", ci(best["arm"]), metric))
         out.append("; ".join(parts) + ".")
     return out
 
@@ -523,7 +525,7 @@ def write_experiment_report(root: str | Path, payload: dict[str, Any]) -> tuple[
         *([f"![{metric.upper()} vs cost](quality_vs_cost.png)", ""] if traded else []),
         f"## Paired bootstrap (per-user {metric.upper()}, mean over seeds)",
         "",
-        "Each user's score is first averaged over the arm's seeds (against `random`: the seeds both arms have "
+        "Each user's score is first averaged over the arm's seeds (against a pruned arm: the seeds both arms have "
         "finished); the interval resamples test users, so it measures how much the result depends on which users "
         "were tested, not on the training seed (see ± std above for that).",
         "",

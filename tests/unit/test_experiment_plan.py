@@ -133,6 +133,19 @@ def test_comparison_against_random_uses_only_the_seeds_both_arms_finished(tmp_pa
     assert np.isclose(against_full["mean_diff"], 0.25 + 0.5 / 3)
 
 
+def test_dealrec_alone_is_compared_with_every_other_baseline_on_shared_seeds(tmp_path):
+    same = np.linspace(0.0, 1.0, 60)
+    runs = {("dealrec", 8, 0): same + 0.1, ("dealrec", 8, 1): same + 0.1, ("random", 8, 0): same,
+            ("el2n", 8, 0): same, ("el2n", 8, 1): same + 0.3, ("grand", 8, 2): same,  # no seed in common
+            ("el2n", 16, 0): same, ("full", None, 0): same}
+    pairs = {(c["arm"], c["budget"], c["against"]): c for c in compare(tmp_path, _records(tmp_path, runs), _cfg())}
+    el2n = pairs[("dealrec", 8, "el2n")]
+    assert el2n["seeds"] == el2n["against_seeds"] == [0, 1] and np.isclose(el2n["mean_diff"], 0.1 - 0.15)
+    assert ("dealrec", 8, "grand") not in pairs  # no finished seed in common yet
+    assert ("el2n", 8, "grand") not in pairs and ("el2n", 8, "random") in pairs  # others: random and full only
+    assert not any(budget == 16 and arm == "dealrec" for arm, budget, _ in pairs)
+
+
 def test_no_comparison_against_random_before_they_share_a_seed(tmp_path):
     same = np.linspace(0.0, 1.0, 50)
     runs = {("dealrec", 8, 1): same, ("random", 8, 0): same + 0.5}

@@ -272,6 +272,10 @@ def test_verdict_words_come_from_the_intervals_not_the_point_estimates():
     clear = verdict(summary, [_ci("random", 0.001, 0.003), _ci("full", -0.003, -0.001)])[0]
     assert "BEATS random 0.0300 (+0.0020, 95% [+0.0010, +0.0030])" in clear
     assert "WORSE than full 0.0311" in clear
+    # with a paired interval against the best other baseline, that part is worded from it too
+    paired = verdict(summary, [_ci("random", 0.001, 0.003), _ci("el2n", -0.001, 0.002)])[0]
+    assert "no clear difference from the best other baseline (el2n) 0.0309 (+0.0005, 95% [-0.0010, +0.0020]" \
+        in paired
 
 
 def test_verdict_uses_the_configured_cutoff_when_10_is_absent():
