@@ -189,10 +189,11 @@ def _write_report(pipe: Pipeline, pool: Pool, cfg: DeftConfig, names: list[str],
     stage_costs = pipe.run.stage_costs()
     pending = [run for run in runs if run.key not in finished]
     spent = trained_so_far(pipe, pending)
-    left = remaining_seconds(records, pending, len(pool.samples), spent, machine_label())
+    here = machine_label()
+    left = remaining_seconds(records, pending, len(pool.samples), spent, here)
     # The verdict needs random, dealrec and full: how long until those alone are in (they run first).
     headline = [run for run in pending if run.arm in (*HEADLINE_ARMS, "full")]
-    to_verdict = remaining_seconds(records, headline, len(pool.samples), spent, machine_label()) if headline else None
+    to_verdict = remaining_seconds(records, headline, len(pool.samples), spent, here) if headline else None
     status = {"finished": len(records), "planned": len(runs), "pending": [run.key for run in pending],
               "estimated_remaining_s": None if left is None or not pending else round(left),
               "headline_pending": len(headline),

@@ -12,6 +12,7 @@ as safetensors plus tokenizer files, after which loading takes well under a seco
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import logging
 import os
@@ -107,7 +108,7 @@ def model_key(cfg: ModelConfig) -> tuple[str, dict[str, Any]] | None:
     if cfg.name == TINY_LLAMA:
         fp = _tiny_fingerprint(build_tiny_tokenizer())
     elif cfg.name == SMOLLM2:
-        fp = _smollm2_fingerprint(file_sha256(smollm2_gguf_path()))
+        fp = _smollm2_fingerprint(_smollm2_sha256())
     elif Path(cfg.name).is_dir():
         fp = directory_fingerprint(Path(cfg.name))
     else:
@@ -124,14 +125,9 @@ def load_tokenizer(cfg: ModelConfig) -> Any | None:
     if cfg.name == TINY_LLAMA:
         tokenizer = build_tiny_tokenizer()
     elif cfg.name == SMOLLM2:
-        target = _smollm2_dir(file_sha256(smollm2_gguf_path()))
-        if not (target / "config.json").is_file():
-            return None
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(target)
-        if not _special_tokens_match(tokenizer, target):
-            return None  # the model's loading converts it again
+        tokenizer = _converted_smollm2_tokenizer(_smollm2_dir(_smollm2_sha256()))
+        if tokenizer is None:
+            return None  # the model's loading converts it (again)
     elif Path(cfg.name).is_dir():
         from transformers import AutoTokenizer
 
@@ -141,9 +137,7 @@ def load_tokenizer(cfg: ModelConfig) -> Any | None:
             return None  # loading the model says what is wrong, with its hint
     else:
         return None
-    if tokenizer.pad_token is None:  # as _prepare does for the loaded model
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return _with_pad_token(tokenizer)
 
 
 def autocast(loaded: LoadedModel) -> AbstractContextManager:
@@ -228,15 +222,20 @@ def load_target_llm(cfg: ModelConfig | str) -> LoadedModel:
 
 
 def _prepare(model: nn.Module, tokenizer: Any) -> None:
-    # Batched scoring and training need a pad token; EOS is the usual stand-in (padding is always masked).
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    _with_pad_token(tokenizer)
     model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     # Scoring and training never reuse keys/values; generate() still caches (generation_config.use_cache).
     model.config.use_cache = False
     model.eval()
+
+
+def _with_pad_token(tokenizer: Any) -> Any:
+    # Batched scoring and training need a pad token; EOS is the usual stand-in (padding is always masked).
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def check_model_name(name: str) -> str:
@@ -339,19 +338,41 @@ def smollm2_gguf_path() -> Path:
 def _load_smollm2(dtype: torch.dtype) -> tuple[nn.Module, Any, str]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = smollm2_gguf_path()
-    sha = file_sha256(gguf)
+    sha = _smollm2_sha256()
     target = _smollm2_dir(sha)
-    if not (target / "config.json").is_file():
-        convert_gguf(gguf, target)
-    tokenizer = AutoTokenizer.from_pretrained(target)
-    if not _special_tokens_match(tokenizer, target):
-        log.warning("the cached %s tokenizer's EOS/pad tokens differ from the model's (a conversion by an older "
-                    "transformers); converting again", SMOLLM2)
-        convert_gguf(gguf, target)
+    tokenizer = _converted_smollm2_tokenizer(target)
+    if tokenizer is None:
+        if (target / "config.json").is_file():
+            log.warning("the cached %s tokenizer's EOS/pad tokens differ from the model's (a conversion by an "
+                        "older transformers); converting again", SMOLLM2)
+        convert_gguf(smollm2_gguf_path(), target)
         tokenizer = AutoTokenizer.from_pretrained(target)
     model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype)
     return model, tokenizer, _smollm2_fingerprint(sha)
+
+
+def _smollm2_sha256() -> str:
+    """The bundled GGUF's SHA-256 (it names the conversion and the fingerprint), hashed once per process for
+    each version of the file: model keys, the tokenizer alone and loading all ask for it."""
+    path = smollm2_gguf_path()
+    stat = path.stat()
+    return _cached_sha256(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: a replaced file is hashed anew
+    return file_sha256(path)
+
+
+def _converted_smollm2_tokenizer(target: Path) -> Any | None:
+    """The tokenizer of the conversion at ``target``, or None where it is missing or was converted with other
+    special tokens than the model's (by transformers 5.17, which misread SmolLM2's EOS)."""
+    if not (target / "config.json").is_file():
+        return None
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    return tokenizer if _special_tokens_match(tokenizer, target) else None
 
 
 def _smollm2_dir(gguf_sha256: str) -> Path:

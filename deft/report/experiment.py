@@ -101,12 +101,8 @@ def comparison_table(comparisons: list[dict[str, Any]]) -> str:
         seeds = f"{_seed_list(c.get('seeds'))} / {_seed_list(c.get('against_seeds'))}"
         lines.append(f"| {c['arm']} | {_budget_label(c['budget'])} | {c['against']} | {seeds} | "
                      f"{c['mean_diff']:+.4f} | [{c['lo']:+.4f}, {c['hi']:+.4f}] | "
-                     f"{_p_text(c)} |")
+                     f"{p_text(c.get('p_value', float('nan')), c.get('n'))} |")
     return "\n".join(lines)
-
-
-def _p_text(c: dict[str, Any]) -> str:
-    return p_text(c.get("p_value", float("nan")), c.get("n"))
 
 
 def _seed_list(seeds: list[int] | None) -> str:
